@@ -1,0 +1,287 @@
+"""Roster (inventories/<cohort>/cohort.yml) loading and validation.
+
+Everything is checked before anything is created. Every problem names the file,
+the student and the field, and says what would fix it; all problems are reported
+at once so an instructor fixes the roster in one pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import ipaddress
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from labkit import paths
+
+COHORT_RE = re.compile(r"^[a-z][a-z0-9-]{0,20}$")
+# POSIX-portable user name as useradd accepts it; also a valid DNS label part.
+STUDENT_ID_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+TARGETS = ("local", "aws")
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+# Accounts the lab hosts already have or the roles create: a student may not shadow them.
+RESERVED_IDS = frozenset(
+    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats "
+    "nobody systemd-network systemd-resolve systemd-timesync messagebus sshd _apt "
+    "rabbitmq redis celery flower supervisor admin labkit".split()
+)
+
+
+class RosterError(Exception):
+    """The roster is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [f"{self.path}: {len(self.problems)} problem(s); nothing was created:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Student:
+    id: str
+    name: str
+    ssh_public_key: str
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    region: str
+    instance_type: str
+    allowed_ssh_cidrs: tuple[str, ...]
+    ami: str | None = None
+    availability_zone: str | None = None
+
+
+@dataclass(frozen=True)
+class Roster:
+    path: Path
+    cohort: str
+    scenario: str
+    target: str
+    students: tuple[Student, ...]
+    expires_at: str | None = None
+    aws: AwsSettings | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def student(self, student_id: str) -> Student:
+        for s in self.students:
+            if s.id == student_id:
+                return s
+        raise KeyError(student_id)
+
+
+def parse_ssh_public_key(text: str) -> str | None:
+    """Return None when ``text`` is one well-formed OpenSSH public key line, else why not."""
+    parts = text.strip().split()
+    if "\n" in text.strip():
+        return "holds more than one line; give exactly one key"
+    if len(parts) < 2:
+        return "expected '<type> <base64> [comment]'"
+    key_type, blob = parts[0], parts[1]
+    if key_type not in SSH_KEY_TYPES:
+        return f"unknown key type {key_type!r} (allowed: {', '.join(SSH_KEY_TYPES)})"
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return "the key body is not valid base64 (was it cut or wrapped?)"
+    if len(raw) < 4:
+        return "the key body is too short"
+    (n,) = struct.unpack(">I", raw[:4])
+    if raw[4 : 4 + n].decode("ascii", "replace") != key_type:
+        return f"the key body does not encode a {key_type} key (was the key truncated or its type edited?)"
+    return None
+
+
+def _fmt_student(index: int, sid: Any) -> str:
+    return f"students[{index}] (id {sid!r})" if sid is not None else f"students[{index}]"
+
+
+def known_scenarios() -> list[str]:
+    return sorted(p.parent.name for p in paths.SCENARIOS.glob("*/scenario.yml"))
+
+
+def load_roster(folder_or_file: str | Path) -> Roster:
+    """Load and validate a roster; raise RosterError listing every problem."""
+    path = Path(folder_or_file)
+    if path.is_dir() or not path.suffix:
+        path = path / "cohort.yml"
+    problems: list[str] = []
+    if not path.is_file():
+        raise RosterError(path, ["file not found. Fix: create it (see inventories/demo/cohort.yml)."])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RosterError(path, [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(data, dict):
+        raise RosterError(path, ["top level must be a mapping with cohort, scenario, target, students."])
+
+    cohort = data.get("cohort")
+    if not isinstance(cohort, str) or not COHORT_RE.match(cohort):
+        problems.append(
+            f"cohort: {cohort!r} is not a valid cohort name. Fix: 1-21 characters, lower-case letters, "
+            "digits and '-', starting with a letter (e.g. 'spring26')."
+        )
+
+    scenario = data.get("scenario")
+    scenarios = known_scenarios()
+    if scenario not in scenarios:
+        problems.append(
+            f"scenario: unknown scenario {scenario!r}. Fix: use one of: {', '.join(scenarios) or '(none)'}."
+        )
+
+    target = data.get("target", "local")
+    if target not in TARGETS:
+        problems.append(f"target: unknown target {target!r}. Fix: use one of: {', '.join(TARGETS)}.")
+
+    expires_at = data.get("expires_at")
+    if expires_at is not None:
+        if isinstance(expires_at, dt.datetime):
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=dt.UTC)
+            expires_at = expires_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            try:
+                parsed = dt.datetime.fromisoformat(str(expires_at).replace("Z", "+00:00"))
+                if parsed.tzinfo is None:
+                    raise ValueError("no time zone")
+                expires_at = parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            except ValueError:
+                problems.append(
+                    f"expires_at: {expires_at!r} is not an ISO 8601 UTC time. "
+                    "Fix: write it like 2026-12-24T00:00:00Z."
+                )
+                expires_at = None
+
+    students: list[Student] = []
+    raw_students = data.get("students")
+    if not isinstance(raw_students, list) or not raw_students:
+        problems.append("students: missing or empty. Fix: list at least one student with id and ssh_public_key.")
+        raw_students = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(raw_students):
+        if not isinstance(entry, dict):
+            problems.append(f"students[{i}]: must be a mapping with id, name and ssh_public_key.")
+            continue
+        sid = entry.get("id")
+        where = _fmt_student(i, sid)
+        sid_ok = isinstance(sid, str) and bool(STUDENT_ID_RE.match(sid))
+        if not sid_ok:
+            problems.append(
+                f"{where}: id: not a valid Linux user name. Fix: 1-32 characters, lower-case letters, digits, "
+                "'_' and '-', starting with a letter or '_' (e.g. 's01')."
+            )
+        elif sid in RESERVED_IDS:
+            problems.append(f"{where}: id: {sid!r} is a system or service account on lab hosts. Fix: pick another id.")
+        elif sid in seen:
+            problems.append(
+                f"{where}: id: duplicate of students[{seen[sid]}]. Fix: give every student a unique id; "
+                "ids key their machines, so never reuse or renumber them."
+            )
+        if sid_ok:
+            seen.setdefault(sid, i)
+
+        key, key_problem = _student_key(path.parent, entry)
+        if key_problem:
+            problems.append(f"{where}: {key_problem}")
+        name = entry.get("name") or (sid if isinstance(sid, str) else "")
+        if sid_ok and key and not key_problem:
+            students.append(Student(id=sid, name=str(name), ssh_public_key=key))
+
+    aws = None
+    if target == "aws":
+        aws, aws_problems = _aws_settings(data.get("aws"))
+        problems += aws_problems
+
+    if problems:
+        raise RosterError(path, problems)
+    known = {"cohort", "scenario", "target", "expires_at", "students", "aws"}
+    return Roster(
+        path=path.resolve(),
+        cohort=cohort,
+        scenario=scenario,
+        target=target,
+        students=tuple(students),
+        expires_at=expires_at,
+        aws=aws,
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def _student_key(folder: Path, entry: dict[str, Any]) -> tuple[str | None, str | None]:
+    inline, key_file = entry.get("ssh_public_key"), entry.get("ssh_public_key_file")
+    if inline and key_file:
+        return None, "ssh_public_key and ssh_public_key_file are both set. Fix: keep one."
+    if key_file:
+        kf = Path(key_file)
+        kf = kf if kf.is_absolute() else folder / kf
+        if not kf.is_file():
+            return None, (
+                f"ssh_public_key_file: {kf} does not exist. Fix: put the student's .pub file there "
+                "or paste the key as ssh_public_key."
+            )
+        inline, field_name = kf.read_text(), "ssh_public_key_file"
+    elif inline:
+        field_name = "ssh_public_key"
+    else:
+        return None, "ssh_public_key: missing. Fix: paste the student's public key (one line of their .pub file)."
+    why = parse_ssh_public_key(str(inline))
+    if why:
+        return None, f"{field_name}: malformed SSH public key: {why}. Fix: paste the single line of the .pub file."
+    return " ".join(str(inline).strip().split()[:3]), None
+
+
+def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        return None, ["aws: missing. Fix: target aws needs aws: {region, instance_type, allowed_ssh_cidrs}."]
+    region = raw.get("region")
+    if not isinstance(region, str) or not re.match(r"^[a-z]{2}(-[a-z]+)+-\d$", region):
+        problems.append(f"aws.region: {region!r} is not an AWS region name. Fix: e.g. eu-west-1.")
+    itype = raw.get("instance_type")
+    if not isinstance(itype, str) or not re.match(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", itype):
+        problems.append(f"aws.instance_type: {itype!r} is not an instance type. Fix: e.g. t3.small.")
+    cidrs = raw.get("allowed_ssh_cidrs")
+    if not isinstance(cidrs, list) or not cidrs:
+        problems.append("aws.allowed_ssh_cidrs: missing. Fix: list the networks students ssh from, e.g. [203.0.113.0/24].")
+        cidrs = []
+    for c in cidrs:
+        try:
+            ipaddress.ip_network(str(c), strict=True)
+        except ValueError:
+            problems.append(f"aws.allowed_ssh_cidrs: {c!r} is not a CIDR block. Fix: e.g. 203.0.113.0/24.")
+    if problems:
+        return None, problems
+    return (
+        AwsSettings(
+            region=region,
+            instance_type=itype,
+            allowed_ssh_cidrs=tuple(str(c) for c in cidrs),
+            ami=raw.get("ami"),
+            availability_zone=raw.get("availability_zone"),
+        ),
+        [],
+    )
