@@ -36,9 +36,39 @@ SSH_KEY_TYPES = (
 )
 # Accounts the lab hosts already have or the roles create: a student may not shadow them.
 RESERVED_IDS = frozenset(
-    "root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats "
-    "nobody systemd-network systemd-resolve systemd-timesync messagebus sshd _apt "
-    "rabbitmq redis celery flower supervisor admin labkit".split()
+    [
+        "root",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "gnats",
+        "nobody",
+        "systemd-network",
+        "systemd-resolve",
+        "systemd-timesync",
+        "messagebus",
+        "sshd",
+        "_apt",
+        "rabbitmq",
+        "redis",
+        "celery",
+        "flower",
+        "supervisor",
+        "admin",
+        "labkit",
+    ]
 )
 
 
@@ -179,7 +209,9 @@ def load_roster(folder_or_file: str | Path) -> Roster:
     students: list[Student] = []
     raw_students = data.get("students")
     if not isinstance(raw_students, list) or not raw_students:
-        problems.append("students: missing or empty. Fix: list at least one student with id and ssh_public_key.")
+        problems.append(
+            "students: missing or empty. Fix: list at least one student with id and ssh_public_key."
+        )
         raw_students = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(raw_students):
@@ -195,7 +227,9 @@ def load_roster(folder_or_file: str | Path) -> Roster:
                 "'_' and '-', starting with a letter or '_' (e.g. 's01')."
             )
         elif sid in RESERVED_IDS:
-            problems.append(f"{where}: id: {sid!r} is a system or service account on lab hosts. Fix: pick another id.")
+            problems.append(
+                f"{where}: id: {sid!r} is a system or service account on lab hosts. Fix: pick another id."
+            )
         elif sid in seen:
             problems.append(
                 f"{where}: id: duplicate of students[{seen[sid]}]. Fix: give every student a unique id; "
@@ -247,10 +281,16 @@ def _student_key(folder: Path, entry: dict[str, Any]) -> tuple[str | None, str |
     elif inline:
         field_name = "ssh_public_key"
     else:
-        return None, "ssh_public_key: missing. Fix: paste the student's public key (one line of their .pub file)."
+        return (
+            None,
+            "ssh_public_key: missing. Fix: paste the student's public key (one line of their .pub file).",
+        )
     why = parse_ssh_public_key(str(inline))
     if why:
-        return None, f"{field_name}: malformed SSH public key: {why}. Fix: paste the single line of the .pub file."
+        return (
+            None,
+            f"{field_name}: malformed SSH public key: {why}. Fix: paste the single line of the .pub file.",
+        )
     return " ".join(str(inline).strip().split()[:3]), None
 
 
@@ -266,7 +306,9 @@ def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
         problems.append(f"aws.instance_type: {itype!r} is not an instance type. Fix: e.g. t3.small.")
     cidrs = raw.get("allowed_ssh_cidrs")
     if not isinstance(cidrs, list) or not cidrs:
-        problems.append("aws.allowed_ssh_cidrs: missing. Fix: list the networks students ssh from, e.g. [203.0.113.0/24].")
+        problems.append(
+            "aws.allowed_ssh_cidrs: missing. Fix: list the networks students ssh from, e.g. [203.0.113.0/24]."
+        )
         cidrs = []
     for c in cidrs:
         try:

@@ -66,5 +66,7 @@ def load_scenario(name: str) -> Scenario:
         raise ScenarioError(f"{path}: starting_state_fails names checks not in the rubric: {sorted(unknown)}")
     for entry in data["rubric"]:
         if entry.get("role") not in data["topology"]:
-            raise ScenarioError(f"{path}: check {entry['id']!r} targets unknown host role {entry.get('role')!r}")
+            raise ScenarioError(
+                f"{path}: check {entry['id']!r} targets unknown host role {entry.get('role')!r}"
+            )
     return Scenario(name=name, folder=folder, data=data)

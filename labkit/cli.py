@@ -1,0 +1,202 @@
+"""`labkit`: the instructor's one command. Each subcommand is one step of the flow and
+can be re-run alone; each step also works with the plain tool (terraform,
+ansible-playbook, locust, pytest)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from labkit import paths
+from labkit.roster import Roster, RosterError, load_roster
+
+
+def _say(msg: str) -> None:
+    print(f"[labkit {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _roster(folder: str) -> Roster:
+    return load_roster(Path(folder))
+
+
+def cmd_validate(args) -> int:
+    r = _roster(args.cohort)
+    _say(
+        f"{r.path}: valid: cohort {r.cohort}, scenario {r.scenario}, target {r.target}, "
+        f"{len(r.students)} student(s)"
+    )
+    return 0
+
+
+def _fleet_engine(r: Roster):
+    if r.target == "aws":
+        from labkit import aws
+
+        return aws
+    from labkit.fleet import local_tf
+
+    return local_tf
+
+
+def cmd_fleet(args) -> int:
+    if args.action == "reap":
+        from labkit import aws
+
+        return aws.reap_main(yes=args.yes)
+    r = _roster(args.cohort)
+    engine = _fleet_engine(r)
+    if args.action == "cost":
+        return engine.cost_main(r, args.price_per_hour)
+    return {"up": engine.up, "down": engine.down, "status": engine.status}[args.action](r, _say)
+
+
+def cmd_fleet_local(args) -> int:
+    from labkit.fleet import local, local_tf
+
+    spec = local_tf.spec_from_env()
+    {
+        "network-up": local.network_up,
+        "network-down": local.network_down,
+        "host-up": local.host_up,
+        "host-down": local.host_down,
+    }[args.action](spec, _say)
+    return 0
+
+
+def _playbook(folder: Path, playbook: str, limit: str | None = None, label: str = "") -> int:
+    from labkit.ansible import run_playbook
+
+    t0 = time.monotonic()
+    res = run_playbook(folder, playbook, limit=limit)
+    summary = ", ".join(f"{h}={n}" for h, n in sorted(res.changed.items()) if n) or "none"
+    _say(
+        f"{label or playbook}: {res.status} in {time.monotonic() - t0:.0f} s; "
+        f"changed tasks: {summary}" + ("" if res.total_changed else " (nothing to change)")
+    )
+    if res.failed:
+        _say(f"{label or playbook}: failed or unreachable hosts: {sorted(res.failed)}")
+    return res.rc
+
+
+def cmd_provision(args) -> int:
+    r = _roster(args.cohort)
+    return _playbook(r.folder, "site.yml", args.limit, "provision (site.yml)")
+
+
+def cmd_solve(args) -> int:
+    r = _roster(args.cohort)
+    from labkit.inventory import group_name
+
+    for sid in args.student:
+        r.student(sid)
+    limit = ",".join(group_name("student", s) for s in args.student)
+    return _playbook(r.folder, "solve.yml", limit, f"solve ({', '.join(args.student)})")
+
+
+def cmd_load(args) -> int:
+    from labkit.load import run_load
+
+    r = _roster(args.cohort)
+    run_load(r, students=args.student or None, out=_say)
+    return 0
+
+
+def cmd_grade(args) -> int:
+    from labkit.grade import format_gradebook, grade
+
+    r = _roster(args.cohort)
+    grades = grade(r, students=args.student or None, out=_say)
+    print(format_gradebook(grades))
+    _say(f"reports: {paths.reports_dir(r.cohort)}/index.html (also junit.xml, grades.json, gradebook.csv)")
+    return 0
+
+
+def cmd_up(args) -> int:
+    r = _roster(args.cohort)
+    code = _fleet_engine(r).up(r, _say)
+    return code or _playbook(r.folder, "site.yml", None, "provision (site.yml)")
+
+
+def cmd_demo(args) -> int:
+    """The whole path on one cohort: hosts, labs, solution for the first student, load, grades."""
+    t0 = time.monotonic()
+    r = _roster(args.cohort)
+    steps = [
+        ("fleet up", lambda: _fleet_engine(r).up(r, _say)),
+        ("provision", lambda: _playbook(r.folder, "site.yml", None, "provision (site.yml)")),
+        ("solve", lambda: cmd_solve(argparse.Namespace(cohort=args.cohort, student=[r.students[0].id]))),
+        ("load", lambda: cmd_load(argparse.Namespace(cohort=args.cohort, student=None))),
+        ("grade", lambda: cmd_grade(argparse.Namespace(cohort=args.cohort, student=None))),
+    ]
+    for i, (name, step) in enumerate(steps, 1):
+        _say(f"step {i}/{len(steps)}: {name}")
+        code = step()
+        if code:
+            _say(
+                f"step {name} failed (exit {code}); fix and re-run `labkit demo {args.cohort}`: done steps are no-ops"
+            )
+            return code
+    _say(f"demo done in {time.monotonic() - t0:.0f} s. Tear down with `labkit fleet down {args.cohort}`.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def cohort_cmd(name: str, func, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("cohort", help="cohort folder, e.g. inventories/demo")
+        sp.set_defaults(func=func)
+        return sp
+
+    cohort_cmd("validate", cmd_validate, "check a roster; creates nothing")
+    fl = sub.add_parser("fleet", help="make or remove the lab hosts")
+    fl.add_argument("action", choices=["up", "down", "status", "reap", "cost"])
+    fl.add_argument("cohort", nargs="?", help="cohort folder (not for reap)")
+    fl.add_argument("--yes", action="store_true", help="reap: tear down expired cohorts without asking")
+    fl.add_argument(
+        "--price-per-hour", type=float, default=None, help="cost: on-demand price of the instance type"
+    )
+    fl.set_defaults(func=cmd_fleet)
+    fll = sub.add_parser("fleet-local", help=argparse.SUPPRESS)
+    fll.add_argument("action", choices=["network-up", "network-down", "host-up", "host-down"])
+    fll.set_defaults(func=cmd_fleet_local)
+    sp = cohort_cmd("provision", cmd_provision, "configure the labs (ansible-playbook playbooks/site.yml)")
+    sp.add_argument("--limit", help="Ansible host pattern, e.g. student_s01")
+    sp = cohort_cmd("solve", cmd_solve, "apply the scenario's reference solution to students")
+    sp.add_argument("--student", action="append", required=True, help="student id (repeatable)")
+    sp = cohort_cmd("load", cmd_load, "drive each lab with the scenario's Locust load profile")
+    sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
+    sp = cohort_cmd("grade", cmd_grade, "run the checks; write JUnit, JSON, CSV and HTML reports")
+    sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
+    cohort_cmd("up", cmd_up, "fleet up + provision")
+    cohort_cmd("demo", cmd_demo, "fleet up, provision, solve the first student, load, grade")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "fleet" and args.action != "reap" and not args.cohort:
+        print(f"labkit fleet {args.action}: give the cohort folder, e.g. inventories/demo", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RosterError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"labkit: unknown {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "labkit: interrupted; re-run the same command to finish, or `labkit fleet down` to clean up",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Local fleet engine: lab hosts as systemd-nspawn containers on one Linux machine.
+
+Each host boots (``-b``) its own systemd on an overlayfs root over the shared Debian
+base, in its own network namespace, wired by a veth pair to the cohort's bridge. The
+bridge's gateway address runs the cohort's apt-cacher-ng; there is no route out.
+
+Terraform calls ``labkit fleet-local network-up|network-down|host-up|host-down`` from
+``terraform_data`` provisioners (terraform/modules/lab_fleet_local); ``sweep`` removes
+whatever of a cohort is left when state was lost or a run died half-way.
+
+Names (all derived from stable ids, never positions):
+  netns   lk.<cohort>.<student>-<role>   (cohort names have no dots: prefixes never collide)
+  bridge  lkb<hash8(cohort)>             veth  lkv<hash10(host)> (interface names <= 15 chars)
+  state   STATE_DIR/fleet/<cohort>/hosts/<host>/{upper,work,root,nspawn.pid,console.log}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from labkit import paths
+from labkit.fleet import images
+from labkit.proc import CommandError, pid_alive, read_pid, run, stop_pid
+
+APT_PROXY_PORT = 3942  # not 3142: a system apt-cacher-ng may already own that port
+SUBNET_POOL = ipaddress.ip_network("10.250.0.0/16")
+HOST_OFFSET = 10  # .1 is the gateway; hosts from .10 up
+WHEELHOUSE_MOUNT = "/opt/labkit/wheelhouse"
+
+Out = Callable[[str], None]
+
+
+def _h(text: str, n: int) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def bridge_name(cohort: str) -> str:
+    return f"lkb{_h(cohort, 8)}"
+
+
+def netns_name(cohort: str, host: str) -> str:
+    return f"lk.{cohort}.{host.removeprefix(cohort + '-')}"
+
+
+def veth_name(host: str) -> str:
+    return f"lkv{_h(host, 10)}"
+
+
+def cohort_state(cohort: str) -> Path:
+    return paths.STATE_DIR / "fleet" / cohort
+
+
+def host_state(cohort: str, host: str) -> Path:
+    return cohort_state(cohort) / "hosts" / host
+
+
+# ---------------------------------------------------------------- allocation (stable)
+
+
+@dataclass(frozen=True)
+class Network:
+    cohort: str
+    bridge: str
+    cidr: str
+    gateway: str
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.ip_network(self.cidr).prefixlen
+
+
+def allocate_network(cohort: str) -> Network:
+    """The cohort's /24, kept in a machine-wide registry so cohorts never overlap."""
+    registry = paths.STATE_DIR / "subnets.json"
+    with images.file_lock(paths.STATE_DIR / ".subnets.lock"):
+        taken = json.loads(registry.read_text()) if registry.is_file() else {}
+        if cohort not in taken:
+            used = set(taken.values())
+            free = next((i for i in range(1, 255) if i not in used), None)
+            if free is None:
+                raise RuntimeError("all 254 local cohort subnets are in use; tear a cohort down first")
+            taken[cohort] = free
+            registry.write_text(json.dumps(taken, indent=2, sort_keys=True))
+        index = taken[cohort]
+    net = list(SUBNET_POOL.subnets(new_prefix=24))[index]
+    return Network(cohort=cohort, bridge=bridge_name(cohort), cidr=str(net), gateway=str(net[1]))
+
+
+def release_network(cohort: str) -> None:
+    registry = paths.STATE_DIR / "subnets.json"
+    with images.file_lock(paths.STATE_DIR / ".subnets.lock"):
+        if registry.is_file():
+            taken = json.loads(registry.read_text())
+            if taken.pop(cohort, None) is not None:
+                registry.write_text(json.dumps(taken, indent=2, sort_keys=True))
+
+
+def allocate_addresses(network: Network, wanted: list[str], previous: dict[str, str]) -> dict[str, str]:
+    """Address per host name: keep every previous one, give new hosts the lowest free."""
+    net = ipaddress.ip_network(network.cidr)
+    kept = {h: a for h, a in previous.items() if h in wanted and ipaddress.ip_address(a) in net}
+    used = set(kept.values())
+    pool = (str(ip) for ip in list(net.hosts())[HOST_OFFSET - 1 :] if str(ip) not in used)
+    out = dict(kept)
+    for host in wanted:
+        if host not in out:
+            try:
+                out[host] = next(pool)
+            except StopIteration:
+                raise RuntimeError(
+                    f"subnet {net} is full: too many lab hosts in cohort {network.cohort}"
+                ) from None
+    return out
+
+
+# ---------------------------------------------------------------- network (per cohort)
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    cmd = ["ip"] + (["-n", netns] if netns else []) + ["link", "show", name]
+    return run(cmd, check=False, quiet=True).returncode == 0
+
+
+def network_up(spec: dict, out: Out = print) -> None:
+    cohort, bridge, gw, cidr = spec["cohort"], spec["bridge"], spec["gateway"], spec["cidr"]
+    prefix = ipaddress.ip_network(cidr).prefixlen
+    if not _link_exists(bridge):
+        run(["ip", "link", "add", bridge, "type", "bridge"], quiet=True)
+    addrs = run(["ip", "-j", "addr", "show", "dev", bridge], quiet=True).stdout
+    if gw not in addrs:
+        run(["ip", "addr", "add", f"{gw}/{prefix}", "dev", bridge], quiet=True)
+    run(["ip", "link", "set", bridge, "up"], quiet=True)
+    start_apt_proxy(cohort, gw, out)
+    images.ensure_base_image(out)
+    images.ensure_wheelhouse(out)
+    out(f"network {cohort}: bridge {bridge} {gw}/{prefix}, apt proxy http://{gw}:{APT_PROXY_PORT}")
+
+
+def start_apt_proxy(cohort: str, gateway: str, out: Out = print) -> None:
+    """One apt-cacher-ng per cohort, listening on the bridge gateway only; cache shared."""
+    state = cohort_state(cohort) / "apt-cacher-ng"
+    pidfile = state / "acng.pid"
+    pid = read_pid(pidfile)
+    if pid and pid_alive(pid):
+        return
+    (state / "log").mkdir(parents=True, exist_ok=True)
+    cache = paths.CACHE_DIR / "apt-cacher-ng"
+    cache.mkdir(parents=True, exist_ok=True)
+    # Our own config, not /etc/apt-cacher-ng: no mirror remapping, so it fetches from
+    # exactly the mirror the controller uses (the lab hosts' sources name it).
+    conf = state / "conf"
+    conf.mkdir(exist_ok=True)
+    (conf / "acng.conf").write_text(
+        f"CacheDir: {cache}\nLogDir: {state / 'log'}\nSupportDir: /usr/lib/apt-cacher-ng\n"
+        f"Port: {APT_PROXY_PORT}\nBindAddress: {gateway}\nPidFile: {pidfile}\n"
+        f"SocketPath: {state / 'acng.socket'}\nExThreshold: 4\nForeGround: 0\n"
+    )
+    run(["/usr/sbin/apt-cacher-ng", "-c", str(conf)], quiet=True)
+    for _ in range(50):
+        with contextlib.suppress(OSError), socket.create_connection((gateway, APT_PROXY_PORT), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"apt-cacher-ng did not start on {gateway}:{APT_PROXY_PORT}; see {state / 'log'}")
+
+
+def stop_apt_proxy(cohort: str) -> bool:
+    pidfile = cohort_state(cohort) / "apt-cacher-ng" / "acng.pid"
+    pid = read_pid(pidfile)
+    return bool(pid) and stop_pid(pid, timeout=10)
+
+
+def network_down(spec: dict, out: Out = print) -> None:
+    cohort, bridge = spec["cohort"], spec["bridge"]
+    stop_apt_proxy(cohort)
+    if _link_exists(bridge):
+        run(["ip", "link", "del", bridge], quiet=True)
+    shutil.rmtree(cohort_state(cohort), ignore_errors=True)
+    release_network(cohort)
+    out(f"network {cohort}: bridge {bridge} and apt proxy removed")
+
+
+# ---------------------------------------------------------------- hosts
+
+
+def _is_mount(path: Path) -> bool:
+    target = str(path.resolve()) if path.exists() else str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def _first_boot_files(root: Path, spec: dict) -> None:
+    """Identity and access of a new host, written before its first boot (cloud-init's job on a VM)."""
+    name, address = spec["name"], spec["address"]
+    (root / "etc/hostname").write_text(name + "\n")
+    peers = "\n".join(f"{a}\t{h}" for h, a in sorted(spec.get("etc_hosts", {}).items()) if h != name)
+    (root / "etc/hosts").write_text(
+        f"127.0.0.1\tlocalhost\n{address}\t{name}\n{peers}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    )
+    (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    run(["ssh-keygen", "-q", "-A", "-f", str(root)], quiet=True)
+    ssh_dir = root / "root/.ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pub = Path(spec["ssh_private_key_file"] + ".pub").read_text()
+    (ssh_dir / "authorized_keys").write_text(pub)
+    os.chmod(ssh_dir / "authorized_keys", 0o600)
+    (root / "etc/apt/apt.conf.d/01labkit-proxy").write_text(
+        f'Acquire::http::Proxy "http://{spec["gateway"]}:{APT_PROXY_PORT}";\n'
+    )
+
+
+def host_up(spec: dict, out: Out = print) -> None:
+    """Create (or restart after a reboot of the controller) one lab host; idempotent."""
+    cohort, name, address = spec["cohort"], spec["name"], spec["address"]
+    base = images.ensure_base_image(out)
+    wheelhouse = images.ensure_wheelhouse(out)
+    state = host_state(cohort, name)
+    upper, work, root = state / "upper", state / "work", state / "root"
+    for d in (upper, work, root):
+        d.mkdir(parents=True, exist_ok=True)
+    pid = read_pid(state / "nspawn.pid")
+    if pid and pid_alive(pid):
+        out(f"{name}: already running (pid {pid})")
+        return
+    if not _is_mount(root):
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={base},upperdir={upper},workdir={work}",
+                str(root),
+            ],
+            quiet=True,
+        )
+    if not (state / "initialized").is_file():
+        _first_boot_files(root, spec)
+        (state / "initialized").write_text(json.dumps(spec, indent=2))
+    _wire_netns(spec)
+    with open(state / "console.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--quiet",
+                "-b",
+                "-D",
+                str(root),
+                "-M",
+                name,
+                "--register=no",
+                "--keep-unit",
+                "--link-journal=no",
+                "--console=passive",
+                f"--network-namespace-path=/run/netns/{netns_name(cohort, name)}",
+                f"--bind-ro={wheelhouse}:{WHEELHOUSE_MOUNT}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (state / "nspawn.pid").write_text(str(proc.pid))
+    t0 = time.monotonic()
+    _wait_for_ssh(spec, state, proc)
+    out(f"{name}: up at {address} (ssh answered in {time.monotonic() - t0:.1f} s)")
+
+
+def _wire_netns(spec: dict) -> None:
+    ns = netns_name(spec["cohort"], spec["name"])
+    veth = veth_name(spec["name"])
+    if not Path(f"/run/netns/{ns}").exists():
+        for attempt in range(20):  # a just-deleted name takes ~2 s before it can be reused
+            proc = run(["ip", "netns", "add", ns], check=False, quiet=True)
+            if proc.returncode == 0:
+                break
+            if attempt == 19:
+                raise CommandError(f"ip netns add {ns}: {proc.stderr.strip()}")
+            time.sleep(0.5)
+    if not _link_exists("host0", ns):
+        if _link_exists(veth):
+            run(["ip", "link", "del", veth], quiet=True)
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "host0", "netns", ns], quiet=True)
+    run(["ip", "link", "set", veth, "master", spec["bridge"], "up"], quiet=True)
+    prefix = ipaddress.ip_network(spec["cidr"]).prefixlen
+    addrs = run(["ip", "-n", ns, "-j", "addr", "show", "dev", "host0"], quiet=True).stdout
+    if f'"{spec["address"]}"' not in addrs:
+        run(["ip", "-n", ns, "addr", "add", f"{spec['address']}/{prefix}", "dev", "host0"], quiet=True)
+    run(["ip", "-n", ns, "link", "set", "host0", "up"], quiet=True)
+    run(["ip", "-n", ns, "link", "set", "lo", "up"], quiet=True)
+
+
+def _wait_for_ssh(spec: dict, state: Path, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    known = state / "known_hosts"
+    hostkey = (state / "root/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+    known.write_text(f"{spec['address']} {hostkey[0]} {hostkey[1]}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{spec['name']}: systemd-nspawn exited ({proc.returncode}); see {state / 'console.log'}"
+            )
+        res = run(
+            [
+                "ssh",
+                "-i",
+                spec["ssh_private_key_file"],
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=2",
+                "-o",
+                f"UserKnownHostsFile={known}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                f"root@{spec['address']}",
+                "true",
+            ],
+            check=False,
+            quiet=True,
+        )
+        if res.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(
+        f"{spec['name']}: no ssh on {spec['address']} after {timeout:.0f} s; see {state / 'console.log'}"
+    )
+
+
+def host_down(spec: dict, out: Out = print) -> None:
+    """Power the host off (SIGTERM to nspawn = clean shutdown), unmount, drop its netns and files."""
+    cohort, name = spec["cohort"], spec["name"]
+    state = host_state(cohort, name)
+    pid = read_pid(state / "nspawn.pid")
+    if pid:
+        stop_pid(pid, timeout=30)
+    _remove_host_leftovers(cohort, name, state)
+    out(f"{name}: removed")
+
+
+def _remove_host_leftovers(cohort: str, name: str, state: Path) -> None:
+    root = state / "root"
+    for _ in range(10):
+        if not _is_mount(root):
+            break
+        if run(["umount", str(root)], check=False, quiet=True).returncode != 0:
+            time.sleep(0.5)
+    else:
+        run(["umount", "-l", str(root)], check=False, quiet=True)
+    ns = netns_name(cohort, name)
+    if Path(f"/run/netns/{ns}").exists():
+        run(["ip", "netns", "del", ns], check=False, quiet=True)
+    if _link_exists(veth_name(name)):
+        run(["ip", "link", "del", veth_name(name)], check=False, quiet=True)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- inspection and sweep
+
+
+def cohort_leftovers(cohort: str) -> dict[str, list[str]]:
+    """Everything of a cohort that exists on this machine (empty lists = nothing left)."""
+    prefix = f"lk.{cohort}."
+    netns = (
+        sorted(p.name for p in Path("/run/netns").glob(prefix + "*")) if Path("/run/netns").is_dir() else []
+    )
+    state = cohort_state(cohort)
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted({ln.split()[4] for ln in f if ln.split()[4].startswith(str(state) + "/")})
+    pids = []
+    for pidfile in state.glob("hosts/*/nspawn.pid"):
+        pid = read_pid(pidfile)
+        if pid and pid_alive(pid):
+            pids.append(str(pid))
+    for proc_dir in Path("/proc").iterdir():
+        if proc_dir.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (proc_dir / "cmdline").read_bytes().split(b"\0")
+                if cmd and cmd[0].endswith(b"systemd-nspawn") and str(state).encode() in b" ".join(cmd):
+                    pids.append(proc_dir.name)
+    acng = read_pid(state / "apt-cacher-ng" / "acng.pid")
+    return {
+        "netns": netns,
+        "bridges": [bridge_name(cohort)] if _link_exists(bridge_name(cohort)) else [],
+        "mounts": mounts,
+        "nspawn_pids": sorted(set(pids)),
+        "apt_proxy_pids": [str(acng)] if acng and pid_alive(acng) else [],
+        "state_dirs": [str(d) for d in sorted(state.glob("hosts/*"))]
+        + ([str(state)] if state.exists() else []),
+    }
+
+
+def sweep(cohort: str, out: Out = print) -> dict[str, list[str]]:
+    """Remove whatever of ``cohort`` is still on this machine; report what was found."""
+    found = cohort_leftovers(cohort)
+    for pid in found["nspawn_pids"]:
+        stop_pid(int(pid), timeout=30)
+    state = cohort_state(cohort)
+    for host_dir in sorted(state.glob("hosts/*")):
+        _remove_host_leftovers(cohort, host_dir.name, host_dir)
+    for ns in found["netns"]:
+        run(["ip", "netns", "del", ns], check=False, quiet=True)
+    for mnt in reversed(found["mounts"]):
+        run(["umount", "-l", mnt], check=False, quiet=True)
+    network_down({"cohort": cohort, "bridge": bridge_name(cohort)}, out=lambda _m: None)
+    if any(found.values()):
+        out("sweep: removed " + ", ".join(f"{len(v)} {k}" for k, v in found.items() if v))
+    return found
+
+
+def host_status(cohort: str, name: str) -> str:
+    pid = read_pid(host_state(cohort, name) / "nspawn.pid")
+    return "running" if pid and pid_alive(pid) else "stopped"

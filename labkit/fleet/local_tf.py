@@ -1,0 +1,178 @@
+"""`labkit fleet up|down` for target local: allocation -> Terraform -> inventory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from labkit import inventory, paths, terraform
+from labkit.fleet import local
+from labkit.proc import run
+from labkit.roster import Roster
+from labkit.scenario import load_scenario
+
+ENV_DIR = paths.TERRAFORM / "envs" / "local"
+Out = Callable[[str], None]
+
+
+def labkit_command() -> str:
+    exe = Path(sys.executable).with_name("labkit")
+    return str(exe) if exe.exists() else (shutil.which("labkit") or "labkit")
+
+
+def ensure_controller_key(folder: Path) -> Path:
+    key = inventory.cohort_files(folder)["ssh_key"]
+    if not key.exists():
+        key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labkit@{folder.name}", "-f", str(key)],
+            quiet=True,
+        )
+    return key
+
+
+def tf_paths(folder: Path) -> tuple[Path, Path, Path]:
+    return folder / ".terraform", folder / "terraform.tfstate", folder / "fleet.auto.tfvars.json"
+
+
+def desired_hosts(roster: Roster) -> list[tuple[str, str, str]]:
+    scenario = load_scenario(roster.scenario)
+    return [
+        (f"{roster.cohort}-{s.id}-{role}", s.id, role) for s in roster.students for role in scenario.roles
+    ]
+
+
+def write_tfvars(roster: Roster) -> dict:
+    folder = roster.folder
+    data_dir, state, tfvars = tf_paths(folder)
+    previous = json.loads(tfvars.read_text()) if tfvars.is_file() else {}
+    network = local.allocate_network(roster.cohort)
+    wanted = desired_hosts(roster)
+    addresses = local.allocate_addresses(
+        network, [h for h, _, _ in wanted], {k: v["address"] for k, v in previous.get("hosts", {}).items()}
+    )
+    hosts = {}
+    for name, student, role in wanted:
+        peers = {n: addresses[n] for n, s, _ in wanted if s == student}
+        hosts[name] = {
+            "address": addresses[name],
+            "student": student,
+            "role": role,
+            "scenario": roster.scenario,
+            "etc_hosts": peers,
+        }
+    variables = {
+        "cohort": roster.cohort,
+        "network": {"bridge": network.bridge, "cidr": network.cidr, "gateway": network.gateway},
+        "hosts": hosts,
+        "labkit_command": labkit_command(),
+        "ssh_private_key_file": str(ensure_controller_key(folder).resolve()),
+    }
+    tfvars.write_text(json.dumps(variables, indent=2, sort_keys=True) + "\n")
+    return variables
+
+
+def _tf(folder: Path, args: list[str]) -> int:
+    data_dir, state, tfvars = tf_paths(folder)
+    terraform.init(ENV_DIR, data_dir, state.resolve())
+    return terraform.run_terraform(
+        ENV_DIR, [*args, "-input=false", "-no-color", f"-var-file={tfvars.resolve()}"], data_dir
+    ).returncode
+
+
+def up(roster: Roster, out: Out = print) -> int:
+    folder = roster.folder
+    t0 = time.monotonic()
+    variables = write_tfvars(roster)
+    out(
+        f"fleet up {roster.cohort}: {len(variables['hosts'])} lab hosts on {variables['network']['cidr']} "
+        f"(terraform: {' '.join(terraform.engine())})"
+    )
+    code = _tf(folder, ["apply", "-auto-approve", "-parallelism=4"])
+    if code != 0:
+        out(
+            f"fleet up {roster.cohort}: terraform apply failed (exit {code}); re-run to finish, "
+            f"or `labkit fleet down {folder}` to remove what was made"
+        )
+        return code
+    data_dir, _, _ = tf_paths(folder)
+    lab_hosts = terraform.outputs(ENV_DIR, data_dir)["lab_hosts"]
+    # Terraform creates a host once; after a controller reboot its container is gone while
+    # state says it exists. Boot any such host again on its kept overlay (like a VM reboot).
+    for h in lab_hosts:
+        if local.host_status(roster.cohort, h["name"]) != "running":
+            spec = {
+                **variables["hosts"][h["name"]],
+                **variables["network"],
+                "name": h["name"],
+                "cohort": roster.cohort,
+                "ssh_private_key_file": variables["ssh_private_key_file"],
+            }
+            local.host_up(spec, out)
+    host_keys = {}
+    for h in lab_hosts:
+        known = local.host_state(roster.cohort, h["name"]) / "known_hosts"
+        host_keys[h["name"]] = " ".join(known.read_text().split()[1:3])
+    inventory.write_cohort_files(
+        roster, lab_hosts, host_keys, f"--no-index --find-links {local.WHEELHOUSE_MOUNT}"
+    )
+    out(
+        f"fleet up {roster.cohort}: {len(lab_hosts)} hosts ready in {time.monotonic() - t0:.0f} s; "
+        f"inventory {inventory.cohort_files(folder)['hosts']}"
+    )
+    return 0
+
+
+def down(roster: Roster, out: Out = print) -> int:
+    folder = roster.folder
+    data_dir, state, tfvars = tf_paths(folder)
+    code = 0
+    if state.is_file() and tfvars.is_file():
+        out(f"fleet down {roster.cohort}: terraform destroy")
+        code = _tf(folder, ["destroy", "-auto-approve", "-parallelism=4"])
+    found = local.sweep(roster.cohort, out)
+    left = local.cohort_leftovers(roster.cohort)
+    if any(left.values()):
+        out(f"fleet down {roster.cohort}: could not remove: {left}")
+        return 1
+    files = inventory.cohort_files(folder)
+    for path in (
+        files["hosts"],
+        files["lab_hosts"],
+        files["ssh_config"],
+        files["known_hosts"],
+        tfvars,
+        state,
+        state.with_name(state.name + ".backup"),
+    ):
+        path.unlink(missing_ok=True)
+    for d in (files["credentials"], files["host_vars"], files["ssh_key"].parent, data_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    swept = sum(len(v) for v in found.values())
+    out(
+        f"fleet down {roster.cohort}: nothing left (terraform exit {code}; sweep found {swept} leftover item(s))"
+    )
+    return 0
+
+
+def status(roster: Roster, out: Out = print) -> int:
+    try:
+        lab_hosts = inventory.load_lab_hosts(roster.folder)
+    except FileNotFoundError as exc:
+        out(str(exc))
+        return 1
+    for h in lab_hosts:
+        out(f"{h['name']:<40} {h['address']:<15} {local.host_status(roster.cohort, h['name'])}")
+    return 0
+
+
+def spec_from_env() -> dict:
+    raw = os.environ.get("LABKIT_SPEC")
+    if not raw:
+        raise SystemExit("LABKIT_SPEC is not set: this command is called by Terraform's provisioners")
+    return json.loads(raw)

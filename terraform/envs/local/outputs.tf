@@ -1,0 +1,9 @@
+output "lab_hosts" {
+  description = "Host list contract (see shared design): name, address, student, role, scenario, ssh_user, ssh_private_key_file."
+  value       = module.fleet.lab_hosts
+}
+
+output "network" {
+  description = "The cohort's bridge, subnet and gateway."
+  value       = module.fleet.network
+}

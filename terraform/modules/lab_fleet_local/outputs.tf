@@ -1,0 +1,19 @@
+output "lab_hosts" {
+  description = "Host list contract shared with the AWS env: one object per lab host."
+  value = [
+    for name, h in terraform_data.host : {
+      name                 = name
+      address              = h.output.address
+      student              = h.output.student
+      role                 = h.output.role
+      scenario             = h.output.scenario
+      ssh_user             = var.ssh_user
+      ssh_private_key_file = var.ssh_private_key_file
+    }
+  ]
+}
+
+output "network" {
+  description = "The cohort's bridge, subnet and gateway (apt proxy) address."
+  value       = terraform_data.network.output
+}
