@@ -1,0 +1,233 @@
+"""Drive every student's lab with the scenario's Locust load, in parallel.
+
+One headless Locust process per lab (the same command an instructor could type):
+
+    locust -f scenarios/<s>/locustfile.py --headless -u USERS -r SPAWN_RATE -t RUN_TIME \
+        --csv reports/<cohort>/<student>/load --only-summary --exit-code-on-error 0
+
+with LABKIT_BROKER_URL / LABKIT_RESULT_BACKEND / LABKIT_SCENARIO in its environment.
+Results land in reports/<cohort>/<student>/load_*.csv, load.log and load_summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from labkit import paths
+from labkit.roster import Roster
+from labkit.scenario import load_scenario
+
+
+class LoadError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class LabEndpoints:
+    broker_url: str
+    result_backend: str
+    broker_address: str
+
+
+def lab_hosts(cohort_folder: Path) -> list[dict[str, Any]]:
+    path = Path(cohort_folder) / "lab_hosts.json"
+    if not path.is_file():
+        raise LoadError(f"{path} not found. Fix: provision the cohort first (labkit up).")
+    return json.loads(path.read_text())
+
+
+def read_credential(cohort_folder: Path, student: str, name: str) -> str:
+    path = Path(cohort_folder) / "credentials" / student / name
+    if not path.is_file():
+        raise LoadError(f"{path} not found. Fix: provision the cohort first (labkit up).")
+    return path.read_text().strip()
+
+
+def lab_endpoints(roster: Roster, student: str) -> LabEndpoints:
+    """Broker and result backend URLs of one student's lab, as seen from the controller."""
+    brokers = [h for h in lab_hosts(roster.folder) if h["student"] == student and h["role"] == "broker"]
+    if not brokers:
+        raise LoadError(
+            f"{roster.folder / 'lab_hosts.json'}: student {student!r} has no host with role broker"
+        )
+    address = brokers[0]["address"]
+    rabbit_pw = quote(read_credential(roster.folder, student, "rabbitmq"), safe="")
+    redis_pw = quote(read_credential(roster.folder, student, "redis"), safe="")
+    return LabEndpoints(
+        broker_url=f"amqp://{quote(student, safe='')}:{rabbit_pw}@{address}:5672/lab",
+        result_backend=f"redis://:{redis_pw}@{address}:6379/0",
+        broker_address=address,
+    )
+
+
+def parse_load_stats(path: Path) -> dict[str, Any]:
+    """The "Aggregated" row of a Locust ``*_stats.csv`` as numbers."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    agg = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    if agg is None:
+        raise LoadError(f"{path}: no Aggregated row")
+
+    def num(key: str) -> float:
+        value = agg.get(key) or "0"
+        try:
+            return float(value)
+        except ValueError:  # Locust writes "N/A" for empty percentiles
+            return 0.0
+
+    requests, failures = int(num("Request Count")), int(num("Failure Count"))
+    return {
+        "requests": requests,
+        "failures": failures,
+        "failure_ratio": round(failures / requests, 4) if requests else None,
+        "median_ms": num("Median Response Time"),
+        "average_ms": round(num("Average Response Time"), 1),
+        "p95_ms": num("95%"),
+        "max_ms": round(num("Max Response Time"), 1),
+        "rps": round(num("Requests/s"), 2),
+        "by_name": {
+            r["Name"]: {
+                "requests": int(float(r["Request Count"] or 0)),
+                "failures": int(float(r["Failure Count"] or 0)),
+            }
+            for r in rows
+            if r.get("Name") != "Aggregated"
+        },
+    }
+
+
+def load_verdict(summary: dict[str, Any], load: dict[str, Any]) -> bool:
+    """Whether a run met the scenario's load profile (the same rule the load-held check uses)."""
+    requests = summary.get("requests") or 0
+    if requests < int(load.get("min_requests", 1)):
+        return False
+    return summary.get("failures", 0) / requests < float(load.get("max_failure_ratio", 0.01))
+
+
+def locust_command(
+    scenario: str, csv_prefix: Path, users: int, spawn_rate: float, run_time: str
+) -> list[str]:
+    return [
+        sys.executable, "-m", "locust",
+        "-f", str(paths.scenario_dir(scenario) / "locustfile.py"),
+        "--headless", "-u", str(users), "-r", str(spawn_rate), "-t", str(run_time),
+        "--csv", str(csv_prefix), "--only-summary", "--exit-code-on-error", "0",
+    ]  # fmt: skip
+
+
+def _format_summary(s: dict[str, Any]) -> str:
+    if s.get("error"):
+        return f"FAILED: {s['error']}"
+    ratio = s.get("failure_ratio") or 0.0
+    return (
+        f"{s['requests']} requests, {s['failures']} failures ({ratio:.1%}), "
+        f"median {s['median_ms']:.0f} ms, {s['rps']:.1f} req/s"
+        + ("" if s.get("held") else "  [below the load profile]")
+    )
+
+
+def run_load(
+    roster: Roster,
+    students: list[str] | None = None,
+    out: Callable[[str], Any] = print,
+    *,
+    users: int | None = None,
+    spawn_rate: float | None = None,
+    run_time: str | None = None,
+    reports_dir: Path | None = None,
+    endpoints: Callable[[Roster, str], LabEndpoints] = lab_endpoints,
+) -> dict[str, dict[str, Any]]:
+    """Run the scenario's load against each student's lab in parallel; return summaries by student.
+
+    ``users``/``spawn_rate``/``run_time`` default to the scenario's ``load`` section.
+    Each summary is also written to reports/<cohort>/<student>/load_summary.json.
+    """
+    scenario = load_scenario(roster.scenario)
+    load = scenario.load
+    users = users or int(load["users"])
+    spawn_rate = spawn_rate or float(load["spawn_rate"])
+    run_time = run_time or str(load["run_time"])
+    wanted = students or [s.id for s in roster.students]
+    unknown = sorted(set(wanted) - {s.id for s in roster.students})
+    if unknown:
+        raise LoadError(f"{roster.path}: no such student(s): {', '.join(unknown)}")
+    base = Path(reports_dir or paths.REPORTS) / roster.cohort
+    profile = {
+        "users": users,
+        "spawn_rate": spawn_rate,
+        "run_time": run_time,
+        "min_requests": load.get("min_requests"),
+        "max_failure_ratio": load.get("max_failure_ratio"),
+    }
+
+    running: dict[str, tuple[subprocess.Popen, Path, float, Any]] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for sid in wanted:
+        student_dir = base / sid
+        student_dir.mkdir(parents=True, exist_ok=True)
+        for stale in student_dir.glob("load_*.csv"):
+            stale.unlink()
+        try:
+            ep = endpoints(roster, sid)
+        except LoadError as exc:
+            summaries[sid] = _finish(student_dir, sid, {"error": str(exc)}, load, profile)
+            out(f"load {sid}: {_format_summary(summaries[sid])}")
+            continue
+        env = {
+            **os.environ,
+            "LABKIT_BROKER_URL": ep.broker_url,
+            "LABKIT_RESULT_BACKEND": ep.result_backend,
+            "LABKIT_SCENARIO": roster.scenario,
+        }
+        log = (student_dir / "load.log").open("w")
+        cmd = locust_command(roster.scenario, student_dir / "load", users, spawn_rate, run_time)
+        proc = subprocess.Popen(cmd, cwd=paths.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        running[sid] = (proc, student_dir, time.monotonic(), log)
+        out(
+            f"load {sid}: started ({users} users, spawn {spawn_rate}/s, {run_time}) "
+            f"against {ep.broker_address}"
+        )
+
+    while running:
+        for sid, (proc, student_dir, started, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[sid]
+            stats_csv = student_dir / "load_stats.csv"
+            if stats_csv.is_file():
+                summary = parse_load_stats(stats_csv)
+            else:
+                summary = {
+                    "error": f"locust exited {proc.returncode} without stats; see {student_dir / 'load.log'}"
+                }
+            summary.update(exit_code=proc.returncode, duration_s=round(time.monotonic() - started, 1))
+            summaries[sid] = _finish(student_dir, sid, summary, load, profile)
+            out(f"load {sid}: finished: {_format_summary(summaries[sid])}")
+        time.sleep(0.2)
+    return {sid: summaries[sid] for sid in wanted}
+
+
+def _finish(
+    student_dir: Path, sid: str, summary: dict[str, Any], load: dict[str, Any], profile: dict[str, Any]
+) -> dict[str, Any]:
+    summary = {
+        "student": sid,
+        **summary,
+        "held": False if summary.get("error") else load_verdict(summary, load),
+        "profile": profile,
+        "finished_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    (student_dir / "load_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

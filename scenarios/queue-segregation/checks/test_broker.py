@@ -1,0 +1,78 @@
+"""Broker host: RabbitMQ, Redis and Flower as the lab needs them."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from grading.remote import http_get, run, supervisor_states, tcp_open
+
+
+def _first_column(output: str) -> list[str]:
+    """First field of each data line of rabbitmqctl -q output (tolerates header lines)."""
+    values = []
+    for line in output.splitlines():
+        fields = line.split()
+        if fields and fields[0] not in ("user", "name", "Listing", "Timeout:"):
+            values.append(fields[0])
+    return values
+
+
+@pytest.mark.check("broker-ready")
+def test_broker_ready(host, lab):
+    users = run(host, "rabbitmqctl -q list_users", timeout=60)
+    assert users.rc == 0, f"rabbitmqctl list_users failed (exit {users.rc}): {users.stderr.strip()[-300:]}"
+    names = _first_column(users.stdout)
+    vhosts = _first_column(run(host, "rabbitmqctl -q list_vhosts", timeout=60).stdout)
+    assert lab.student in names, f"RabbitMQ user {lab.student!r} missing; users are {names}"
+    assert "guest" not in names, f"the default guest user must be removed; users are {names}"
+    assert "lab" in vhosts, f"vhost 'lab' missing; vhosts are {vhosts}"
+    perms = _first_column(run(host, "rabbitmqctl -q list_permissions -p lab", timeout=60).stdout)
+    assert lab.student in perms, (
+        f"user {lab.student!r} has no permissions on vhost 'lab' (users with some: {perms})"
+    )
+    open_local, _ = tcp_open(host, "127.0.0.1", 15672)
+    open_lab, error = tcp_open(host, lab.address("broker"), 15672)
+    assert open_local or open_lab, f"management plugin: nothing listens on port 15672 ({error})"
+
+
+@pytest.mark.check("redis-auth")
+def test_redis_requires_password(host, lab):
+    address = lab.address("broker")
+    without = run(host, f"redis-cli -h {shlex.quote(address)} -p 6379 ping", timeout=20)
+    seen = (without.stdout + without.stderr).strip()
+    assert "Could not connect" not in seen and "refused" not in seen, (
+        f"Redis does not listen on the lab address {address}:6379 ({seen[-200:]})"
+    )
+    assert "NOAUTH" in seen, (
+        f"redis-cli -h {address} ping without a password must answer NOAUTH, got {seen[-200:]!r}"
+    )
+    password = shlex.quote(lab.credential("redis"))
+    with_pw = run(
+        host, f"REDISCLI_AUTH={password} redis-cli -h {shlex.quote(address)} -p 6379 ping", timeout=20
+    )
+    answer = with_pw.stdout.strip()
+    assert answer == "PONG", (
+        f"with the lab's redis password, ping must answer PONG, got {answer or with_pw.stderr!r}"
+    )
+
+
+@pytest.mark.check("flower-up")
+def test_flower_supervised_and_protected(host, lab):
+    state = supervisor_states(host, "flower")["flower"]
+    assert state == "RUNNING", f"supervisorctl status flower: expected RUNNING, got {state}"
+    base = f"http://{lab.address('broker')}:5555"
+    anonymous = http_get(host, base + "/")
+    assert anonymous["status"] == 401, (
+        f"GET {base}/ without credentials: expected 401 (basic auth), "
+        f"got {anonymous['status'] or anonymous.get('error')}"
+    )
+    metrics = http_get(host, base + "/metrics")
+    assert metrics["status"] == 200, (
+        f"GET {base}/metrics: expected 200, got {metrics['status'] or metrics.get('error')}"
+    )
+    authed = http_get(host, base + "/", auth=(lab.student, lab.credential("flower")))
+    assert authed["status"] == 200, (
+        f"GET {base}/ as {lab.student} with the lab's flower password: expected 200, got {authed['status']}"
+    )

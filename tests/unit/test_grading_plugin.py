@@ -1,0 +1,345 @@
+"""The grading plugin, run as a grader would: pytest in a subprocess against a fake cohort.
+
+Host commands go to testinfra's local:// backend (--lab-connection local), so checks run
+for real on this machine; one student's lab is "fixed" and the other's is not.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labkit import paths
+from labkit.grade import grade
+from labkit.roster import Roster, Student
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def make_cohort(root: Path, scenario: str, students=("s01", "s02")) -> Path:
+    folder = root / "inventories" / "demo"
+    folder.mkdir(parents=True)
+    (folder / "cohort.yml").write_text(
+        yaml.safe_dump(
+            {
+                "cohort": "demo",
+                "scenario": scenario,
+                "target": "local",
+                "students": [
+                    {"id": s, "name": f"Student {s}", "ssh_public_key": "ssh-ed25519 AAAA"} for s in students
+                ],
+            }
+        )
+    )
+    hosts = [
+        {
+            "name": f"demo-{s}-{role}",
+            "address": f"10.250.{i + 1}.{10 + j}",
+            "student": s,
+            "role": role,
+            "scenario": scenario,
+            "ssh_user": "root",
+            "ssh_private_key_file": str(folder / ".ssh" / "id_ed25519"),
+        }
+        for i, s in enumerate(students)
+        for j, role in enumerate(("broker", "worker"))
+    ]
+    (folder / "lab_hosts.json").write_text(json.dumps(hosts))
+    for s in students:
+        creds = folder / "credentials" / s
+        creds.mkdir(parents=True)
+        for name in ("rabbitmq", "redis", "flower"):
+            (creds / name).write_text(f"sekret-{s}\n" if (name != "redis" or s == "s01") else "wrong\n")
+    return folder
+
+
+@pytest.fixture
+def mini(tmp_path):
+    """A copy of the mini fixture scenario, a cohort of two students and their reports dir."""
+    scenarios = tmp_path / "scenarios"
+    shutil.copytree(FIXTURES / "scenarios" / "mini", scenarios / "mini")
+    cohort = make_cohort(tmp_path, "mini")
+    reports = tmp_path / "reports"
+    (reports / "demo" / "s01").mkdir(parents=True)
+    (reports / "demo" / "s01" / "flag").write_text("fixed\n")
+    return {"scenarios": scenarios, "cohort": cohort, "reports": reports, "root": tmp_path}
+
+
+def run_pytest(mini, *args: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "pytest", "-p", "grading.plugin", str(mini["scenarios"] / "mini" / "checks"),
+        "--cohort", str(mini["cohort"]), "--scenarios-dir", str(mini["scenarios"]),
+        "--reports-dir", str(mini["reports"]), "--lab-connection", "local",
+        "-p", "no:cacheprovider", "-q", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, cwd=mini["root"], capture_output=True, text=True, timeout=120)
+
+
+def test_records_say_who_where_what_and_why(mini):
+    out = mini["root"] / "records.json"
+    proc = run_pytest(mini, "--grades-json", str(out), "--junitxml", str(mini["root"] / "junit.xml"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # s02 fails some checks
+    records = {(r["student"], r["check"]): r for r in json.loads(out.read_text())}
+    assert len(records) == 6
+    for (student, _check), r in records.items():
+        assert r["cohort"] == "demo" and r["scenario"] == "mini"
+        assert r["nodeid"].endswith(f"[{student}]"), r["nodeid"]
+        assert set(r) >= {
+            "cohort",
+            "student",
+            "scenario",
+            "host",
+            "check",
+            "title",
+            "weight",
+            "passed",
+            "hint",
+        }
+    assert all(records["s01", c]["passed"] for c in ("flag-file", "secret-known", "host-answers"))
+    flag = records["s02", "flag-file"]
+    assert flag["passed"] is False
+    assert flag["host"] == "demo-s02-worker"
+    assert flag["weight"] == 2
+    assert flag["title"] == "The flag file exists"
+    assert flag["hint"].startswith("touch")
+    assert "expected" in flag["detail"] and "s02/flag" in flag["detail"]
+    assert "\nassert " not in flag["detail"]
+    secret = records["s02", "secret-known"]
+    assert secret["passed"] is False and secret["host"] == "demo-s02-broker"
+    assert "sekret-s02" in secret["detail"] and "'wrong'" in secret["detail"]
+    assert records["s02", "host-answers"]["passed"] is True
+    ids = {r["nodeid"].split("::")[-1] for r in records.values()}
+    assert "test_flag[s01]" in ids and "test_flag[s02]" in ids
+    cases = ET.parse(mini["root"] / "junit.xml").getroot().iter("testcase")
+    props = {p.get("name"): p.get("value") for case in cases for p in case.iter("property")}
+    assert {"cohort", "student", "check", "weight", "host"} <= set(props)
+
+
+def test_student_option_selects_labs(mini):
+    out = mini["root"] / "records.json"
+    proc = run_pytest(mini, "--student", "s01", "--grades-json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {r["student"] for r in json.loads(out.read_text())} == {"s01"}
+    proc = run_pytest(mini, "--student", "nobody")
+    assert proc.returncode == 4 and "--student nobody: not in" in proc.stderr
+
+
+def test_check_not_in_rubric_is_a_collection_error(mini):
+    (mini["scenarios"] / "mini" / "checks" / "test_extra.py").write_text(
+        "import pytest\n\n\n@pytest.mark.check('made-up')\ndef test_x(lab):\n    pass\n"
+    )
+    proc = run_pytest(mini)
+    assert proc.returncode == 2, proc.stdout
+    assert "'made-up' is not in the rubric" in proc.stdout
+
+
+def test_missing_cohort_option_is_a_usage_error(mini):
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "grading.plugin",
+        str(mini["scenarios"] / "mini" / "checks"),
+        "-q",
+    ]
+    proc = subprocess.run(cmd, cwd=mini["root"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "--cohort" in proc.stdout + proc.stderr
+
+
+def test_grade_runs_each_student_and_writes_cohort_reports(mini):
+    roster = Roster(
+        path=mini["cohort"] / "cohort.yml",
+        cohort="demo",
+        scenario="mini",
+        target="local",
+        students=(Student("s01", "Ada", "k"), Student("s02", "Bob", "k")),
+    )
+    lines: list[str] = []
+    grades = grade(
+        roster,
+        out=lines.append,
+        reports_dir=mini["reports"],
+        scenarios_dir=mini["scenarios"],
+        extra_pytest_args=["--lab-connection", "local"],
+    )
+    assert grades["students"]["s01"]["percent"] == 100.0
+    assert grades["students"]["s02"]["score"] == 1 and grades["students"]["s02"]["max"] == 4
+    assert any(line.startswith("grade s02: finished") and "1/4" in line for line in lines), lines
+    cohort_dir = mini["reports"] / "demo"
+    suites = ET.parse(cohort_dir / "junit.xml").getroot().findall("testsuite")
+    assert [s.get("name") for s in suites] == ["s01", "s02"]
+    with (cohort_dir / "gradebook.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows[1]["flag-file"] == "0" and rows[0]["flag-file"] == "1"
+    assert (cohort_dir / "s01" / "junit.xml").is_file() and (cohort_dir / "s02" / "checks.json").is_file()
+    assert "Hint: touch" in (cohort_dir / "index.html").read_text()
+
+
+def test_queue_segregation_checks_cover_the_rubric(tmp_path):
+    """Every rubric id of the real scenario has exactly one check, run once per student."""
+    cohort = make_cohort(tmp_path, "queue-segregation")
+    checks = paths.scenario_dir("queue-segregation") / "checks"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "grading.plugin", str(checks), "--cohort", str(cohort),
+         "--collect-only", "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    nodeids = [line for line in proc.stdout.splitlines() if "::" in line]
+    rubric = yaml.safe_load((paths.scenario_dir("queue-segregation") / "scenario.yml").read_text())["rubric"]
+    assert len(nodeids) == 2 * len(rubric)
+    assert all(n.endswith(("[s01]", "[s02]")) for n in nodeids)
+
+
+def test_load_held_reads_the_load_stats(tmp_path):
+    cohort = make_cohort(tmp_path, "queue-segregation")
+    reports = tmp_path / "reports"
+    header = "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Requests/s\n"
+    for sid, (requests, failures) in {"s01": (500, 0), "s02": (30, 30)}.items():
+        (reports / "demo" / sid).mkdir(parents=True)
+        (reports / "demo" / sid / "load_stats.csv").write_text(
+            header + f",Aggregated,{requests},{failures},5,6.5,20.0\n"
+        )
+    out = tmp_path / "records.json"
+    checks = paths.scenario_dir("queue-segregation") / "checks"
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "grading.plugin", str(checks / "test_load.py"),
+         "--cohort", str(cohort), "--reports-dir", str(reports), "--grades-json", str(out), "-q",
+         "-p", "no:cacheprovider"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    records = {r["student"]: r for r in json.loads(out.read_text())}
+    assert records["s01"]["passed"] is True
+    assert records["s02"]["passed"] is False
+    assert "30" in records["s02"]["detail"] and "40" in records["s02"]["detail"]
+    assert records["s02"]["host"] == "demo-s02-broker"
+
+
+# --------------------------------------------------------------------------- live worker checks
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_worker(app_dir: Path, name: str, queues: str, log: Path, extra=(), env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(app_dir), **(env_extra or {})}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "labapp.tasks", "worker",
+             "-n", name, "-Q", queues, "-P", "threads", "--without-gossip", "--without-mingle",
+             "-l", "INFO", *extra],
+            cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def local_lab(tmp_path, monkeypatch):
+    """redis-server + the scenario's labapp; yields a function starting heavy/light workers."""
+    import time
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server (apt)")
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+    ]
+    url = f"redis://127.0.0.1:{port}/0"
+    app_dir = tmp_path / "app"
+    shutil.copytree(paths.scenario_dir("queue-segregation") / "app" / "labapp", app_dir / "labapp")
+
+    def start(solved: bool) -> None:
+        routes = (
+            {"labapp.tasks.crunch": {"queue": "heavy"}, "labapp.tasks.notify": {"queue": "light"}}
+            if solved
+            else {}
+        )
+        (app_dir / "labapp" / "celeryconfig.py").write_text(
+            "import os\n"
+            f"broker_url = result_backend = {url!r}\n"
+            f"task_routes = {routes!r}\n"
+            "task_acks_late = os.environ.get('LAB_ACKS_LATE', 'false') == 'true'\n"
+        )
+        heavy_opts = ("-c", "1", "--prefetch-multiplier", "1" if solved else "4")
+        env = {"LAB_ACKS_LATE": "true" if solved else "false"}
+        logs = [tmp_path / "heavy.log", tmp_path / "light.log"]
+        procs.append(
+            _start_worker(app_dir, "heavy@lab", "heavy" if solved else "celery", logs[0], heavy_opts, env)
+        )
+        procs.append(
+            _start_worker(app_dir, "light@lab", "light" if solved else "celery", logs[1], ("-c", "4"))
+        )
+        deadline = time.monotonic() + 30
+        while not all(log.is_file() and "ready." in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.1)
+
+    # The checks run the lab app's python in its app folder; point them at this copy.
+    monkeypatch.setenv("LABKIT_LAB_APP_DIR", str(app_dir))
+    monkeypatch.setenv("LABKIT_LAB_PYTHON", sys.executable)
+    try:
+        yield start
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+WORKER_CHECKS = ("queues-segregated", "heavy-prefetch", "routing-heavy", "routing-light", "chain-heavy-light")
+
+
+def _run_worker_checks(tmp_path: Path) -> dict[str, dict]:
+    cohort = make_cohort(tmp_path / "c", "queue-segregation", students=("s01",))
+    checks = paths.scenario_dir("queue-segregation") / "checks"
+    out = tmp_path / "records.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "grading.plugin", str(checks / "test_workers.py"),
+         str(checks / "test_routing.py"), "--cohort", str(cohort), "--lab-connection", "local",
+         "-k", "not supervised", "--grades-json", str(out), "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LABKIT_INSPECT_TIMEOUT": "1"},
+    )  # fmt: skip
+    assert out.is_file(), proc.stdout + proc.stderr
+    return {r["check"]: r for r in json.loads(out.read_text())}
+
+
+def test_worker_checks_against_live_workers(local_lab, tmp_path):
+    """Starting state fails exactly the worker checks the scenario says; the fix passes them."""
+    local_lab(solved=False)
+    records = _run_worker_checks(tmp_path)
+    assert set(records) == set(WORKER_CHECKS)
+    for check in WORKER_CHECKS:
+        assert records[check]["passed"] is False, records[check]
+    assert "queue 'celery'" in records["routing-heavy"]["detail"], records["routing-heavy"]
+    assert "expected queue 'heavy'" in records["routing-heavy"]["detail"]
+    assert "prefetch_count is 4" in records["heavy-prefetch"]["detail"], records["heavy-prefetch"]
+    assert "['celery']" in records["queues-segregated"]["detail"], records["queues-segregated"]
+
+
+def test_worker_checks_pass_on_the_solved_lab(local_lab, tmp_path):
+    local_lab(solved=True)
+    records = _run_worker_checks(tmp_path)
+    failed = {c: r["detail"] for c, r in records.items() if not r["passed"]}
+    assert not failed, failed

@@ -1,0 +1,160 @@
+"""A real load run: redis-server as broker and backend, a real Celery worker, headless Locust."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labkit import paths
+from labkit.load import LabEndpoints, parse_load_stats, run_load
+from labkit.roster import Roster, Student
+
+SCENARIO = "queue-segregation"
+LOCUSTFILE = paths.scenario_dir(SCENARIO) / "locustfile.py"
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open in {timeout}s")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory, redis_url):
+    """The scenario's labapp with a generated celeryconfig that points at the test redis."""
+    root = tmp_path_factory.mktemp("app")
+    shutil.copytree(paths.scenario_dir(SCENARIO) / "app" / "labapp", root / "labapp")
+    (root / "labapp" / "celeryconfig.py").write_text(
+        f"broker_url = {redis_url!r}\n"
+        f"result_backend = {redis_url!r}\n"
+        "task_routes = {'labapp.tasks.crunch': {'queue': 'heavy'},\n"
+        "               'labapp.tasks.notify': {'queue': 'light'}}\n"
+        "broker_connection_retry_on_startup = True\n"
+    )
+    return root
+
+
+@pytest.fixture
+def worker(app_dir, tmp_path):
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "PYTHONPATH": str(app_dir)}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "celery"), "-A", "labapp.tasks", "worker", "-Q", "heavy,light", "-n", "test@%h",
+             "-P", "threads", "-c", "4", "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "-l", "INFO"],
+            cwd=app_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while "ready." not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _locust(tmp_path: Path, env: dict[str, str], run_time: str) -> tuple[dict, str]:
+    prefix = tmp_path / "load"
+    proc = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "2", "-r", "2",
+         "-t", run_time, "--csv", str(prefix), "--only-summary", "--exit-code-on-error", "0"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return parse_load_stats(Path(f"{prefix}_stats.csv")), proc.stderr
+
+
+def test_load_round_trips_through_a_real_worker(redis_url, worker, tmp_path):
+    roster = Roster(
+        path=tmp_path / "cohort.yml", cohort="unit", scenario=SCENARIO, target="local",
+        students=(Student(id="s01", name="Ada", ssh_public_key="ssh-ed25519 AAAA"),),
+    )  # fmt: skip
+    lines: list[str] = []
+    summaries = run_load(
+        roster,
+        out=lines.append,
+        users=2,
+        spawn_rate=2,
+        run_time="5s",
+        reports_dir=tmp_path / "reports",
+        endpoints=lambda _roster, _student: LabEndpoints(redis_url, redis_url, "127.0.0.1"),
+    )
+    summary = summaries["s01"]
+    assert summary["requests"] > 0, summary
+    assert summary["failures"] == 0, summary
+    student_dir = tmp_path / "reports" / "unit" / "s01"
+    with (student_dir / "load_stats.csv").open() as f:
+        names = {row["Name"] for row in csv.DictReader(f)}
+    assert {"labapp.tasks.crunch [heavy]", "labapp.tasks.notify [light]", "Aggregated"} <= names
+    assert (student_dir / "load_summary.json").is_file()
+    assert "greenlet is being finalized" not in (student_dir / "load.log").read_text()
+    assert any("s01" in line and "started" in line for line in lines)
+    assert any("s01" in line and "finished" in line and "requests" in line for line in lines)
+
+
+def test_load_records_failures_when_nothing_consumes(redis_url, tmp_path):
+    env = {
+        "LABKIT_BROKER_URL": redis_url,
+        "LABKIT_RESULT_BACKEND": redis_url,
+        "LABKIT_SCENARIO": SCENARIO,
+        "LABKIT_RESULT_TIMEOUT": "0.5",
+    }
+    stats, stderr = _locust(tmp_path, env, "3s")
+    assert stats["requests"] > 0, stats
+    assert stats["failures"] == stats["requests"], stats
+    assert "greenlet is being finalized" not in stderr
+    failures = (tmp_path / "load_failures.csv").read_text()
+    assert "TimeoutError" in failures or "timed out" in failures
