@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +40,9 @@ def run_playbook(
     if not inv.is_file():
         raise FileNotFoundError(f"{inv}: no inventory. Fix: run `labkit fleet up {folder}` first.")
     cmdline = f"--limit {limit}" if limit else None
+    venv_bin = str(Path(sys.executable).parent)
+    # ansible-playbook and its helpers come from the kit's venv even when it is not activated.
+    os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     with tempfile.TemporaryDirectory(prefix="labkit-runner-") as pdd:
         r = ansible_runner.run(
             private_data_dir=pdd,
@@ -46,7 +51,10 @@ def run_playbook(
             inventory=str(inv.resolve()),
             cmdline=cmdline,
             extravars=extravars or {},
-            envvars={"ANSIBLE_CONFIG": str(paths.REPO / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"},
+            envvars={
+                "ANSIBLE_CONFIG": str(paths.REPO / "ansible.cfg"),
+                "ANSIBLE_NOCOLOR": "0" if sys.stdout.isatty() else "1",
+            },
             quiet=quiet,
             suppress_env_files=True,
         )

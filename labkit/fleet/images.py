@@ -26,7 +26,7 @@ SUITE = "bookworm"
 # What a lab host needs to boot and be managed by Ansible; everything else the roles
 # install through the cohort's apt proxy, as they would on a cloud image.
 BASE_PACKAGES = ("openssh-server", "python3", "python3-apt", "systemd", "systemd-sysv", "dbus", "iproute2")
-RECIPE_VERSION = 2  # bump when the steps below change
+RECIPE_VERSION = 3  # bump when the steps below change
 LAB_REQUIREMENTS = Path(__file__).with_name("lab-requirements.txt")
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -156,6 +156,11 @@ def ensure_base_image(out: Callable[[str], None] = print) -> Path:
         run(["chroot", str(root), "apt-get", "clean"], quiet=True)
         shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
         (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+        # No package index in the image: mark it as ancient so a first `apt update`
+        # (cache_valid_time) always runs on a new host.
+        with contextlib.suppress(FileNotFoundError):
+            (root / "var/lib/apt/periodic/update-success-stamp").unlink()
+        os.utime(root / "var/lib/apt/lists", (0, 0))
         (root / "opt/labkit/wheelhouse").mkdir(parents=True, exist_ok=True)
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2))
         (tmp / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
