@@ -1,0 +1,245 @@
+"""Entry points the labkit CLI calls for target aws.
+
+``labkit fleet up|down|reap|cost`` dispatch here when the roster says ``target: aws``;
+each function returns a process exit code and prints what it did.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from labkit import paths
+from labkit.aws import (
+    DEBIAN_SSH_USER,
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
+    cohort_filters,
+    session_for,
+    tag_dict,
+    writer,
+)
+from labkit.aws.inventory import write_inventory
+from labkit.aws.preflight import PreflightError, PreflightResult, check_or_raise
+from labkit.aws.teardown import fleet_down, reap
+from labkit.aws.tf import Runner, apply_args, cohort_paths, init_args, run, state_output
+from labkit.roster import Roster
+
+Out = Callable[[str], Any] | TextIO
+
+
+def _roles(roster: Roster) -> list[str]:
+    from labkit.scenario import load_scenario
+
+    return load_scenario(roster.scenario).roles
+
+
+def ensure_controller_key(roster: Roster) -> Path:
+    """The cohort's controller key pair (Ansible's way in), created once."""
+    key = cohort_paths(roster).controller_key
+    if not key.is_file():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(key.parent, 0o700)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labkit-{roster.cohort}", "-f", str(key)],
+            check=True,
+        )
+    return key
+
+
+def tfvars(roster: Roster, result: PreflightResult, roles: list[str], controller_key: Path) -> dict[str, Any]:
+    """Variables of terraform/envs/aws for this cohort."""
+    assert roster.aws is not None
+    files = cohort_paths(roster)
+    ami_id = roster.aws.ami
+    if ami_id is None and files.tfvars.is_file():
+        # Keep the image the cohort was built with: a newer Debian release must not
+        # give late joiners a different system than their classmates.
+        ami_id = json.loads(files.tfvars.read_text()).get("ami_id")
+    return {
+        "region": roster.aws.region,
+        "cohort": roster.cohort,
+        "scenario": roster.scenario,
+        "roles": roles,
+        "students": {s.id: {"name": s.name, "ssh_public_key": s.ssh_public_key} for s in roster.students},
+        "expires_at": roster.expires_at,
+        "instance_type": roster.aws.instance_type,
+        "architecture": result.architecture or "x86_64",
+        "ami_id": ami_id or result.ami_id,
+        "availability_zone": result.availability_zone,
+        "allowed_ssh_cidrs": list(roster.aws.allowed_ssh_cidrs),
+        "controller_ssh_public_key": Path(f"{controller_key}.pub").read_text().strip(),
+        "ssh_private_key_file": str(controller_key),
+        "ssh_user": DEBIAN_SSH_USER,
+    }
+
+
+def up(
+    roster: Roster,
+    out: Out = print,
+    *,
+    session: Any = None,
+    quotas_client: Any = None,
+    runner: Runner | None = None,
+) -> int:
+    """Preflight, then terraform init + apply, then lab_hosts.json and the aws_ec2 inventory."""
+    say = writer(out)
+    if roster.target != "aws" or roster.aws is None:
+        say(f"{roster.path}: target is {roster.target!r}, not aws")
+        return 2
+    roles = _roles(roster)
+    session = session or session_for(roster.aws.region)
+    try:
+        result = check_or_raise(roster, session, quotas_client=quotas_client, roles=roles)
+    except PreflightError as exc:
+        say(exc.render())
+        return 1
+    say(
+        f"preflight ok: {result.hosts} hosts of {roster.aws.instance_type} in {result.availability_zone}, "
+        f"image {result.ami_id}"
+    )
+    files = cohort_paths(roster)
+    key = ensure_controller_key(roster)
+    files.tfvars.write_text(json.dumps(tfvars(roster, result, roles, key), indent=2) + "\n")
+    for args in (init_args(roster), apply_args(roster)):
+        rc = run(roster, args, runner=runner)
+        if rc != 0:
+            say(f"terraform {args[0]} failed ({rc}); `labkit fleet down` removes anything it created")
+            return rc
+    hosts = state_output(files.state, "lab_hosts")
+    files.lab_hosts.write_text(json.dumps(hosts, indent=2) + "\n")
+    inventory = write_inventory(roster)
+    say(f"{len(hosts)} lab hosts: {files.lab_hosts}; inventory: {inventory}")
+    return 0
+
+
+def down(roster: Roster, out: Out = print, *, session: Any = None, runner: Runner | None = None) -> int:
+    """terraform destroy, then the tag sweep; 0 when nothing was left behind."""
+    _rc, report = fleet_down(roster, session, out=out, runner=runner)
+    return 0 if report.clean else 1
+
+
+def status(roster: Roster, out: Out = print, *, session: Any = None) -> int:
+    """The cohort's hosts as EC2 sees them (from the kit's tags, not Terraform state)."""
+    say = writer(out)
+    if roster.aws is None:
+        say(f"{roster.path}: not an AWS cohort")
+        return 2
+    session = session or session_for(roster.aws.region)
+    ec2 = session.client("ec2", region_name=roster.aws.region)
+    rows = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=cohort_filters(roster.cohort)):
+        for reservation in page["Reservations"]:
+            for inst in reservation["Instances"]:
+                tags = tag_dict(inst.get("Tags"))
+                if tags.get(MANAGED_BY_KEY) != MANAGED_BY_VALUE or inst["State"]["Name"] == "terminated":
+                    continue
+                rows.append(
+                    (
+                        tags.get("Name", inst["InstanceId"]),
+                        inst["State"]["Name"],
+                        inst.get("PublicIpAddress", "-"),
+                        inst.get("PrivateIpAddress", "-"),
+                        tags.get("expires_at", "none"),
+                    )
+                )
+    if not rows:
+        say(f"fleet status {roster.cohort}: no hosts in {roster.aws.region}")
+        return 1
+    for name, state, public, private, expires in sorted(rows):
+        say(f"{name:40} {state:10} {public:16} {private:16} expires {expires}")
+    running = sum(1 for r in rows if r[1] == "running")
+    expected = len(roster.students) * len(_roles(roster))
+    say(f"fleet status {roster.cohort}: {running}/{expected} hosts running")
+    return 0 if running == expected else 1
+
+
+def _roster_regions(folder: Path) -> set[str]:
+    regions: set[str] = set()
+    for cohort_file in folder.glob("*/cohort.yml"):
+        try:
+            data = yaml.safe_load(cohort_file.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and data.get("target") == "aws" and isinstance(data.get("aws"), dict):
+            region = data["aws"].get("region")
+            if isinstance(region, str):
+                regions.add(region)
+    return regions
+
+
+def reap_main(
+    yes: bool,
+    *,
+    regions: Iterable[str] | None = None,
+    now: dt.datetime | None = None,
+    out: Out = print,
+    **reap_kwargs: Any,
+) -> int:
+    """Reap expired cohorts in the regions of the AWS rosters and the default region."""
+    say = writer(out)
+    if regions is None:
+        found = _roster_regions(paths.REPO / "inventories")
+        default = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if default:
+            found.add(default)
+        regions = sorted(found)
+    regions = list(regions)
+    if not regions:
+        say("reap: no region: set AWS_REGION or add an AWS roster under inventories/")
+        return 2
+    confirm = None
+    if not yes and sys.stdin.isatty():
+
+        def confirm(cohort: str) -> bool:
+            return (
+                input(f"tear down every labkit resource of cohort {cohort!r}? [y/N] ").strip().lower() == "y"
+            )
+
+    now = now or dt.datetime.now(dt.UTC)
+    ok = True
+    for region in regions:
+        entries = reap(session_for(region), now, yes, out, confirm=confirm, region=region, **reap_kwargs)
+        ok = ok and all(e.report.clean for e in entries if e.report is not None)
+    return 0 if ok else 1
+
+
+def cost_main(roster: Roster, price: float, *, out: Out = print, now: dt.datetime | None = None) -> int:
+    """Print what the cohort costs per student-hour at ``price`` (USD per instance-hour)."""
+    say = writer(out)
+    if price <= 0:
+        say("--price-per-hour must be positive (USD per instance-hour, e.g. 0.0208)")
+        return 2
+    roles = _roles(roster)
+    itype = roster.aws.instance_type if roster.aws else "(local)"
+    students = len(roster.students)
+    per_student = len(roles) * price
+    lines = [
+        f"cohort {roster.cohort}: {students} students x {len(roles)} hosts ({', '.join(roles)}) "
+        f"of {itype} at ${price:g} per instance-hour",
+        f"  per student-hour: ${per_student:.4f}",
+        f"  per cohort-hour:  ${per_student * students:.4f}",
+        f"  per cohort-day:   ${per_student * students * 24:.2f}",
+    ]
+    if roster.expires_at:
+        now = now or dt.datetime.now(dt.UTC)
+        until = dt.datetime.fromisoformat(roster.expires_at.replace("Z", "+00:00"))
+        hours = max((until - now).total_seconds() / 3600, 0.0)
+        lines.append(
+            f"  from now until expires_at {roster.expires_at} ({hours:.0f} h): "
+            f"${per_student * students * hours:.2f}"
+        )
+    lines.append(
+        "  not included: EBS root volumes (8 GiB gp3 per host), public IPv4 addresses (one per host), "
+        "data transfer"
+    )
+    say("\n".join(lines))
+    return 0

@@ -1,0 +1,4 @@
+output "hosts" {
+  description = "Lab hosts keyed by \"<student>-<role>\"."
+  value       = module.lab_fleet.hosts
+}

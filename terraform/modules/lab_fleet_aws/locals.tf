@@ -1,0 +1,31 @@
+# Values derived from the inputs alone (no provider, no data source), kept apart so
+# tests/unit/aws/test_terraform_static.py can evaluate them with a bare terraform binary.
+
+locals {
+  # The kit's tags. teardown.sweep and the reaper select on managed_by + cohort and
+  # read expires_at, so they go on every taggable resource and override extra_tags.
+  kit_tags = {
+    managed_by = "labkit"
+    cohort     = var.cohort
+    scenario   = var.scenario
+    expires_at = coalesce(var.expires_at, "none")
+  }
+  common_tags = merge(var.extra_tags, local.kit_tags)
+
+  # Cohort-wide network pieces belong to no single student or role: "*" (never a valid
+  # student id or role name, so no inventory group can be built from it).
+  shared_tags = merge(local.common_tags, { student = "*", role = "*" })
+
+  # Roles cannot contain '-', so "<student>-<role>" is unambiguous.
+  hosts = {
+    for pair in setproduct(keys(var.students), var.roles) :
+    "${pair[0]}-${pair[1]}" => { student = pair[0], role = pair[1] }
+  }
+
+  ssh_rules = {
+    for pair in setproduct(keys(var.students), var.allowed_ssh_cidrs) :
+    "${pair[0]}/${pair[1]}" => { student = pair[0], cidr = pair[1] }
+  }
+
+  debian_arch = { x86_64 = "amd64", arm64 = "arm64" }[var.architecture]
+}

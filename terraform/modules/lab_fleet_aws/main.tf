@@ -1,0 +1,252 @@
+# Per-student Celery labs on EC2. Every per-student resource is for_each over a map
+# keyed by the student's roster id (hosts by "<student>-<role>"), never count: adding
+# or removing a student plans changes for that student only.
+
+locals {
+  ami_id            = var.ami_id != null ? var.ami_id : one(data.aws_ami.debian12[*].id)
+  availability_zone = var.availability_zone != null ? var.availability_zone : data.aws_availability_zones.available.names[0]
+}
+
+data "aws_availability_zones" "available" {
+  # checkov:skip=CKV_AWS_394:Only a fallback: labkit always passes the zone preflight verified; names[0] (sorted) does not move when AWS adds a zone.
+  state = "available"
+}
+
+# Official Debian 12 images are published by account 136693071363.
+data "aws_ami" "debian12" {
+  count       = var.ami_id == null ? 1 : 0
+  most_recent = true
+  owners      = ["136693071363"]
+
+  filter {
+    name   = "name"
+    values = ["debian-12-${local.debian_arch}-*"]
+  }
+
+  filter {
+    name   = "architecture"
+    values = [var.architecture]
+  }
+
+  filter {
+    name   = "virtualization-type"
+    values = ["hvm"]
+  }
+
+  filter {
+    name   = "root-device-type"
+    values = ["ebs"]
+  }
+}
+
+# --- Network: one VPC and one public subnet per cohort -------------------------------
+
+resource "aws_vpc" "this" {
+  # checkov:skip=CKV2_AWS_11:Labs live for days and carry no data worth auditing; flow logs would add a log group and cost per student-hour the course does not need.
+  cidr_block           = var.vpc_cidr
+  enable_dns_support   = true
+  enable_dns_hostnames = true
+
+  tags = merge(local.shared_tags, { Name = "${var.cohort}-labs" })
+}
+
+# Takes over the VPC's default security group and removes all its rules, so nothing
+# launched into the VPC by mistake is reachable.
+resource "aws_default_security_group" "this" {
+  vpc_id = aws_vpc.this.id
+
+  tags = merge(local.shared_tags, { Name = "${var.cohort}-default-deny" })
+}
+
+resource "aws_internet_gateway" "this" {
+  vpc_id = aws_vpc.this.id
+
+  tags = merge(local.shared_tags, { Name = "${var.cohort}-igw" })
+}
+
+resource "aws_subnet" "labs" {
+  vpc_id            = aws_vpc.this.id
+  cidr_block        = cidrsubnet(var.vpc_cidr, 4, 0)
+  availability_zone = local.availability_zone
+  # Public addresses are requested per host in the launch template instead.
+  map_public_ip_on_launch = false
+
+  tags = merge(local.shared_tags, { Name = "${var.cohort}-labs" })
+}
+
+resource "aws_route_table" "public" {
+  vpc_id = aws_vpc.this.id
+
+  tags = merge(local.shared_tags, { Name = "${var.cohort}-public" })
+}
+
+resource "aws_route" "internet" {
+  route_table_id         = aws_route_table.public.id
+  destination_cidr_block = "0.0.0.0/0"
+  gateway_id             = aws_internet_gateway.this.id
+}
+
+resource "aws_route_table_association" "labs" {
+  subnet_id      = aws_subnet.labs.id
+  route_table_id = aws_route_table.public.id
+}
+
+# --- Per student: key pair and security group ----------------------------------------
+
+resource "aws_key_pair" "student" {
+  for_each = var.students
+
+  key_name   = "${var.cohort}-${each.key}"
+  public_key = trimspace(each.value.ssh_public_key)
+
+  tags = merge(local.common_tags, { student = each.key, role = "*", Name = "${var.cohort}-${each.key}" })
+}
+
+resource "aws_security_group" "lab" {
+  # checkov:skip=CKV2_AWS_5:Attached to instances through the per-host launch template's network interface, which checkov does not follow.
+  for_each = var.students
+
+  # A prefix, not a fixed name: create_before_destroy needs the old and new group to coexist.
+  name_prefix = "${var.cohort}-${each.key}-lab-"
+  description = "Lab of ${each.key} in cohort ${var.cohort}: SSH from the allowed networks, lab ports only between this student's own hosts"
+  vpc_id      = aws_vpc.this.id
+
+  tags = merge(local.common_tags, { student = each.key, role = "*", Name = "${var.cohort}-${each.key}-lab" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "ssh" {
+  for_each = local.ssh_rules
+
+  security_group_id = aws_security_group.lab[each.value.student].id
+  description       = "SSH for ${each.value.student} and the controller from ${each.value.cidr}"
+  ip_protocol       = "tcp"
+  from_port         = 22
+  to_port           = 22
+  cidr_ipv4         = each.value.cidr
+
+  tags = merge(local.common_tags, { student = each.value.student, role = "*" })
+}
+
+# Brokers, Redis, Flower and workers talk to each other on whatever ports the scenario
+# uses; only members of the same student's group may reach them, never another lab.
+resource "aws_vpc_security_group_ingress_rule" "lab_peers" {
+  for_each = var.students
+
+  security_group_id            = aws_security_group.lab[each.key].id
+  description                  = "Lab traffic between ${each.key}'s own hosts only"
+  ip_protocol                  = "-1"
+  referenced_security_group_id = aws_security_group.lab[each.key].id
+
+  tags = merge(local.common_tags, { student = each.key, role = "*" })
+}
+
+resource "aws_vpc_security_group_egress_rule" "internet" {
+  # checkov:skip=CKV_AWS_382:Lab hosts install Debian packages and pinned wheels from public mirrors whose addresses are not fixed; egress is open, ingress is not.
+  for_each = var.students
+
+  security_group_id = aws_security_group.lab[each.key].id
+  description       = "Package mirrors (apt, PyPI) and NTP"
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+
+  tags = merge(local.common_tags, { student = each.key, role = "*" })
+}
+
+# --- Per (student, role): launch template and instance -------------------------------
+
+# One launch template per host so its network interface and root volume are tagged
+# with the host's own student and role at launch (aws_instance cannot tag its ENI).
+resource "aws_launch_template" "host" {
+  # checkov:skip=CKV_AWS_88:Students ssh straight into their own lab hosts; SSH is open only to allowed_ssh_cidrs and lab ports only to the student's own hosts.
+  for_each = local.hosts
+
+  name                   = "${var.cohort}-${each.key}"
+  description            = "${each.value.role} host of ${each.value.student}'s lab in cohort ${var.cohort}"
+  image_id               = local.ami_id
+  instance_type          = var.instance_type
+  key_name               = aws_key_pair.student[each.value.student].key_name
+  update_default_version = true
+
+  # cloud-init: the host's name (RabbitMQ needs a resolvable node name) and the
+  # controller key for the image's default user, next to the student's key pair.
+  user_data = base64encode(join("\n", [
+    "#cloud-config",
+    "preserve_hostname: false",
+    "hostname: ${var.cohort}-${each.key}",
+    "manage_etc_hosts: true",
+    "ssh_authorized_keys:",
+    "  - ${trimspace(var.controller_ssh_public_key)}",
+    "",
+  ]))
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  network_interfaces {
+    device_index                = 0
+    subnet_id                   = aws_subnet.labs.id
+    security_groups             = [aws_security_group.lab[each.value.student].id]
+    associate_public_ip_address = true
+    delete_on_termination       = true
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.common_tags, { student = each.value.student, role = each.value.role, Name = "${var.cohort}-${each.key}" })
+  }
+
+  tag_specifications {
+    resource_type = "volume"
+    tags          = merge(local.common_tags, { student = each.value.student, role = each.value.role, Name = "${var.cohort}-${each.key}" })
+  }
+
+  tag_specifications {
+    resource_type = "network-interface"
+    tags          = merge(local.common_tags, { student = each.value.student, role = each.value.role, Name = "${var.cohort}-${each.key}" })
+  }
+
+  tags = merge(local.common_tags, { student = each.value.student, role = each.value.role, Name = "${var.cohort}-${each.key}" })
+}
+
+resource "aws_instance" "host" {
+  # checkov:skip=CKV_AWS_88:Students ssh straight into their own lab hosts; SSH is open only to allowed_ssh_cidrs and lab ports only to the student's own hosts.
+  # checkov:skip=CKV_AWS_126:Detailed monitoring bills per instance; lab health is graded by the kit, not CloudWatch.
+  # checkov:skip=CKV_AWS_135:Current-generation types (t3, m6i, ...) are EBS-optimized by default; forcing the flag makes t2 launches fail.
+  # checkov:skip=CKV2_AWS_41:Lab hosts call no AWS API, so they get no instance profile (nothing for a student to misuse).
+  for_each = local.hosts
+
+  launch_template {
+    id      = aws_launch_template.host[each.key].id
+    version = aws_launch_template.host[each.key].latest_version
+  }
+
+  root_block_device {
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size
+    encrypted             = true
+    delete_on_termination = true
+    tags                  = merge(local.common_tags, { student = each.value.student, role = each.value.role, Name = "${var.cohort}-${each.key}" })
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  tags = merge(local.common_tags, { student = each.value.student, role = each.value.role, Name = "${var.cohort}-${each.key}" })
+
+  lifecycle {
+    # A newer Debian image or launch template version applies to hosts created from
+    # now on; it must not rebuild a lab a student is working in.
+    ignore_changes = [ami, launch_template, user_data, user_data_base64]
+  }
+}
