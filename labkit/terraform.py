@@ -49,6 +49,24 @@ def run_terraform(
     )
 
 
+def stream_terraform(env_dir: Path, args: list[str], data_dir: Path, log: Path, show) -> int:
+    """Run Terraform, keep its whole output in ``log``, hand each line to ``show`` (a progress filter)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = engine() + [f"-chdir={env_dir}", *args]
+    with (
+        open(log, "w") as fh,
+        subprocess.Popen(
+            cmd, env=_env(data_dir, None), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            fh.write(line)
+            fh.flush()
+            show(line.rstrip("\n"))
+        return proc.wait()
+
+
 def init(env_dir: Path, data_dir: Path, state_file: Path) -> None:
     res = run_terraform(
         env_dir,

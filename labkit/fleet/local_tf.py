@@ -77,12 +77,29 @@ def write_tfvars(roster: Roster) -> dict:
     return variables
 
 
-def _tf(folder: Path, args: list[str]) -> int:
+def _show_progress(line: str) -> None:
+    """From Terraform's output keep what an instructor wants to watch: each host's progress and the outcome."""
+    if "(local-exec): [labkit" in line:
+        print(line.split("(local-exec): ", 1)[1], flush=True)
+    elif line.startswith(("Apply complete", "Destroy complete", "No changes", "Error", "│ Error")):
+        print(f"  terraform: {line}", flush=True)
+
+
+def _tf(folder: Path, args: list[str], out: Out = print) -> int:
     data_dir, state, tfvars = tf_paths(folder)
     terraform.init(ENV_DIR, data_dir, state.resolve())
-    return terraform.run_terraform(
-        ENV_DIR, [*args, "-input=false", "-no-color", f"-var-file={tfvars.resolve()}"], data_dir
-    ).returncode
+    log = data_dir / f"{args[0]}.log"
+    code = terraform.stream_terraform(
+        ENV_DIR,
+        [*args, "-input=false", "-no-color", f"-var-file={tfvars.resolve()}"],
+        data_dir,
+        log,
+        _show_progress,
+    )
+    if code != 0:
+        tail = log.read_text().splitlines()[-15:]
+        out(f"terraform {args[0]} failed (exit {code}); last lines of {log}:\n  " + "\n  ".join(tail))
+    return code
 
 
 def up(roster: Roster, out: Out = print) -> int:
@@ -93,7 +110,7 @@ def up(roster: Roster, out: Out = print) -> int:
         f"fleet up {roster.cohort}: {len(variables['hosts'])} lab hosts on {variables['network']['cidr']} "
         f"(terraform: {' '.join(terraform.engine())})"
     )
-    code = _tf(folder, ["apply", "-auto-approve", "-parallelism=4"])
+    code = _tf(folder, ["apply", "-auto-approve", "-parallelism=4"], out)
     if code != 0:
         out(
             f"fleet up {roster.cohort}: terraform apply failed (exit {code}); re-run to finish, "
@@ -134,7 +151,7 @@ def down(roster: Roster, out: Out = print) -> int:
     code = 0
     if state.is_file() and tfvars.is_file():
         out(f"fleet down {roster.cohort}: terraform destroy")
-        code = _tf(folder, ["destroy", "-auto-approve", "-parallelism=4"])
+        code = _tf(folder, ["destroy", "-auto-approve", "-parallelism=4"], out)
     found = local.sweep(roster.cohort, out)
     left = local.cohort_leftovers(roster.cohort)
     if any(left.values()):

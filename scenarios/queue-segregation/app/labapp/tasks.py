@@ -21,7 +21,11 @@ class TransientError(Exception):
 
 def _where(task) -> dict:
     info = task.request.delivery_info or {}
-    return {"worker": task.request.hostname, "queue": info.get("routing_key"), "retries": task.request.retries}
+    return {
+        "worker": task.request.hostname,
+        "queue": info.get("routing_key"),
+        "retries": task.request.retries,
+    }
 
 
 @app.task(
