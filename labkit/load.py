@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from labkit import paths
+from labkit.inventory import load_lab_hosts
 from labkit.roster import Roster
 from labkit.scenario import load_scenario
 
@@ -40,13 +41,6 @@ class LabEndpoints:
     broker_address: str
 
 
-def lab_hosts(cohort_folder: Path) -> list[dict[str, Any]]:
-    path = Path(cohort_folder) / "lab_hosts.json"
-    if not path.is_file():
-        raise LoadError(f"{path} not found. Fix: provision the cohort first (labkit up).")
-    return json.loads(path.read_text())
-
-
 def read_credential(cohort_folder: Path, student: str, name: str) -> str:
     path = Path(cohort_folder) / "credentials" / student / name
     if not path.is_file():
@@ -56,7 +50,11 @@ def read_credential(cohort_folder: Path, student: str, name: str) -> str:
 
 def lab_endpoints(roster: Roster, student: str) -> LabEndpoints:
     """Broker and result backend URLs of one student's lab, as seen from the controller."""
-    brokers = [h for h in lab_hosts(roster.folder) if h["student"] == student and h["role"] == "broker"]
+    try:
+        hosts = load_lab_hosts(roster.folder)
+    except FileNotFoundError as exc:
+        raise LoadError(str(exc)) from None
+    brokers = [h for h in hosts if h["student"] == student and h["role"] == "broker"]
     if not brokers:
         raise LoadError(
             f"{roster.folder / 'lab_hosts.json'}: student {student!r} has no host with role broker"
