@@ -16,24 +16,23 @@ def _ran_on(outcome: dict, task: str) -> tuple[str, str]:
     return result.get("queue"), result.get("worker") or ""
 
 
+def _assert_served_by(host, pool: str, task: str) -> None:
+    outcome = round_trip(host, pool, wait=10)
+    queue, worker = _ran_on(outcome, task)
+    assert queue == pool and worker.startswith(f"{pool}@"), (
+        f"{task.rsplit('.', 1)[-1]} ran from queue {queue!r} on {worker!r}; expected queue {pool!r} on a "
+        f"{pool}@ worker (task_routes sends it to {outcome['routes'].get(task)!r})"
+    )
+
+
 @pytest.mark.check("routing-heavy")
 def test_crunch_runs_on_heavy(host):
-    outcome = round_trip(host, "heavy", wait=10)
-    queue, worker = _ran_on(outcome, "labapp.tasks.crunch")
-    assert queue == "heavy" and worker.startswith("heavy@"), (
-        f"crunch ran from queue {queue!r} on {worker!r}; expected queue 'heavy' on a heavy@ worker "
-        f"(task_routes sends it to {outcome['routes'].get('labapp.tasks.crunch')!r})"
-    )
+    _assert_served_by(host, "heavy", "labapp.tasks.crunch")
 
 
 @pytest.mark.check("routing-light")
 def test_notify_runs_on_light(host):
-    outcome = round_trip(host, "light", wait=10)
-    queue, worker = _ran_on(outcome, "labapp.tasks.notify")
-    assert queue == "light" and worker.startswith("light@"), (
-        f"notify ran from queue {queue!r} on {worker!r}; expected queue 'light' on a light@ worker "
-        f"(task_routes sends it to {outcome['routes'].get('labapp.tasks.notify')!r})"
-    )
+    _assert_served_by(host, "light", "labapp.tasks.notify")
 
 
 @pytest.mark.check("chain-heavy-light")
