@@ -138,7 +138,9 @@ def cmd_demo(args) -> int:
                 f"step {name} failed (exit {code}); fix and re-run `labkit demo {args.cohort}`: done steps are no-ops"
             )
             return code
-    _say(f"demo done in {time.monotonic() - t0:.0f} s. Tear down with `labkit fleet down {args.cohort}` (or `make demo-down`).")
+    _say(
+        f"demo done in {time.monotonic() - t0:.0f} s. Tear down with `labkit fleet down {args.cohort}` (or `make demo-down`)."
+    )
     return 0
 
 
