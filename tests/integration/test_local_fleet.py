@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from labkit.fleet import local
+from labkit.proc import stop_pid
 from labkit.scenario import load_scenario
 
 pytestmark = [
@@ -176,7 +177,13 @@ def test_solved_student_scores_full_marks_and_unsolved_fails_exactly_the_flaws(c
     assert solved[f"{COHORT}-s01-worker"]["changed"] > 0 and f"{COHORT}-s02-worker" not in solved
     again = recap(labkit("solve", str(folder), "--student", "s01", env=env))
     assert all(r["changed"] == 0 for r in again.values()), again
-    # site.yml must keep the recorded solution, not revert it.
+    # A host that died (controller reboot, OOM) comes back on its kept disk with `fleet up`.
+    crashed = f"{COHORT}-s02-worker"
+    stop_pid(nspawn_pids([crashed])[crashed], timeout=30)
+    assert local.host_status(COHORT, crashed) == "stopped"
+    labkit("fleet", "up", str(folder), env=env)
+    assert local.host_status(COHORT, crashed) == "running"
+    # site.yml must keep the recorded solution, not revert it, and find the rebooted host converged.
     assert all(r["changed"] == 0 for r in recap(labkit("provision", str(folder), env=env)).values())
 
     labkit("load", str(folder), env=env)
