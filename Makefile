@@ -11,7 +11,7 @@ APT_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 openssh-cli
                 ca-certificates debian-archive-keyring redis-server
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: help setup apt venv demo-keys demo demo-down lint checkov unit integration test bench clean
+.PHONY: help setup apt venv demo-keys demo demo-down lint checkov unit molecule integration test bench clean
 
 help:
 	@echo "make demo       provision, load and grade the two-student demo cohort on local lab hosts"
@@ -71,11 +71,16 @@ checkov: $(VENV)-checkov/bin/checkov
 unit: venv $(VENV)-checkov/bin/checkov
 	$(PYTEST) tests/unit -q
 
+# Role tests: one local fleet lab host per scenario (molecule/<role>/), idempotence included.
+# Molecule 26 looks its ansible tools up on PATH.
+molecule: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test --all
+
 integration: setup
 	$(PYTEST) tests/integration -q -s
 
-test: setup lint unit integration
-	@echo "make test: lint, unit and integration passed"
+test: setup lint unit molecule integration
+	@echo "make test: lint, unit, molecule and integration passed"
 
 bench: setup
 	$(BIN)/python tests/bench/bench_fleet.py
