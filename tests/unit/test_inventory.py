@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import yaml
 
@@ -13,16 +11,14 @@ from labkit.roster import load_roster
 
 
 @pytest.fixture
-def roster(tmp_path):
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
-    key = (tmp_path / "k.pub").read_text().strip()
+def roster(tmp_path, pubkey):
     (tmp_path / "cohort.yml").write_text(
         yaml.safe_dump(
             {
                 "cohort": "c1",
                 "scenario": "queue-segregation",
                 "target": "local",
-                "students": [{"id": s, "name": s.upper(), "ssh_public_key": key} for s in ("s01", "s-2")],
+                "students": [{"id": s, "name": s.upper(), "ssh_public_key": pubkey} for s in ("s01", "s-2")],
             }
         )
     )

@@ -14,9 +14,8 @@ from labkit import paths
 
 
 @pytest.mark.parametrize("playbook", ["site.yml", "solve.yml"])
-def test_bad_roster_stops_the_playbook_first(tmp_path, playbook):
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
-    key = (tmp_path / "k.pub").read_text().strip()
+def test_bad_roster_stops_the_playbook_first(tmp_path, pubkey, playbook):
+    key = pubkey
     (tmp_path / "cohort.yml").write_text(
         yaml.safe_dump(
             {

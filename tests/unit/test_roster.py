@@ -12,13 +12,6 @@ import yaml
 from labkit.roster import RosterError, load_roster, parse_ssh_public_key
 
 
-@pytest.fixture(scope="module")
-def pubkey(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("keys")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "k")], check=True)
-    return (d / "k.pub").read_text().strip()
-
-
 def write(tmp_path: Path, data: dict) -> Path:
     (tmp_path / "cohort.yml").write_text(yaml.safe_dump(data))
     return tmp_path
