@@ -8,7 +8,7 @@ COHORT ?= inventories/demo
 # What the controller needs from Debian: nspawn hosts, their base image, the apt proxy
 # (and redis-server, which the load-user unit tests start on loopback).
 APT_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv \
-                ca-certificates debian-archive-keyring redis-server
+                ca-certificates debian-archive-keyring procps redis-server
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
 .PHONY: help setup apt venv demo-keys demo demo-down lint checkov unit molecule integration test bench clean

@@ -216,8 +216,12 @@ def _first_boot_files(root: Path, spec: dict) -> None:
     pub = Path(spec["ssh_private_key_file"] + ".pub").read_text()
     (ssh_dir / "authorized_keys").write_text(pub)
     os.chmod(ssh_dir / "authorized_keys", 0o600)
+    # Timeouts and retries: with a dozen hosts refreshing the same index files at once,
+    # apt-cacher-ng 3.7 sometimes loses a request (its error log: "Failure to move file
+    # ... File exists"), and apt would wait on it forever. Measured with 12 hosts (make bench).
     (root / "etc/apt/apt.conf.d/01labkit-proxy").write_text(
         f'Acquire::http::Proxy "http://{spec["gateway"]}:{APT_PROXY_PORT}";\n'
+        'Acquire::http::Timeout "30";\nAcquire::Retries "5";\n'
     )
 
 
