@@ -42,7 +42,8 @@ def run_playbook(
     cmdline = f"--limit {limit}" if limit else None
     venv_bin = str(Path(sys.executable).parent)
     # ansible-playbook and its helpers come from the kit's venv even when it is not activated.
-    os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     with tempfile.TemporaryDirectory(prefix="labkit-runner-") as pdd:
         r = ansible_runner.run(
             private_data_dir=pdd,

