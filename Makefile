@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 COHORT ?= inventories/demo
-# What the controller needs from Debian: nspawn hosts, their base image, the apt proxy
-# (and redis-server, which the load-user unit tests start on loopback).
-APT_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client python3-venv \
+# What the controller needs from Debian: nspawn hosts, their base image, the package service (nginx, run by labkit
+# per cohort as an unprivileged user; the system's own nginx service is left disabled if this installs it), and
+# redis-server, which the load-user unit tests start on loopback.
+APT_PACKAGES := debootstrap systemd-container nginx-light iproute2 openssh-client python3-venv \
                 ca-certificates debian-archive-keyring procps redis-server
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
@@ -25,6 +26,9 @@ apt:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  if echo " $$missing " | grep -q ' nginx-light ' && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	    systemctl disable --now nginx || true; \
+	  fi; \
 	fi
 
 $(BIN)/labkit: pyproject.toml | apt
@@ -82,8 +86,10 @@ integration: setup
 test: setup lint unit molecule integration
 	@echo "make test: lint, unit, molecule and integration passed"
 
+# make bench STUDENTS=N: one student, then N students, in one run (reports/bench/bench.json).
+STUDENTS ?= 5
 bench: setup
-	$(BIN)/python tests/bench/bench_fleet.py
+	$(BIN)/python tests/bench/bench_fleet.py --students $(STUDENTS)
 
 clean:
 	rm -rf $(VENV) .ruff_cache .pytest_cache reports

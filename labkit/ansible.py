@@ -1,16 +1,28 @@
-"""Thin adapter around ansible-runner: every playbook run goes through here."""
+"""Thin adapter around ansible-runner: every playbook run goes through here.
+
+Each run has a deadline. Ansible's own ``task_timeout`` (ansible.cfg) ends any one task that
+hangs; the deadline here ends the whole run if something else does, and both say which host
+was stuck in which task. The screen gets one line per play and per failure; Ansible's whole
+output goes to a log file (its path is printed).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit import paths
 from labkit.inventory import cohort_files
+
+# A whole playbook run may take this long per host before the kit ends it (and at least DEADLINE_MIN).
+DEADLINE_PER_HOST = 60.0
+DEADLINE_MIN = 600.0
 
 
 @dataclass
@@ -20,10 +32,155 @@ class PlaybookResult:
     changed: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     ok: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    stuck: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
 
     @property
     def total_changed(self) -> int:
         return sum(self.changed.values())
+
+
+class _Watch:
+    """Follows the runner's events: what each host is doing now, failures, retries; writes the log."""
+
+    def __init__(self, log: Path, out: Callable[[str], None], label: str):
+        self.log = open(log, "w")  # noqa: SIM115 - closed in close()
+        self.out, self.label = out, label
+        self.running: dict[str, tuple[str, float]] = {}
+        self.retries = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, event: dict) -> bool:
+        kind, data = event.get("event", ""), event.get("event_data", {})
+        with self.lock:
+            if event.get("stdout"):
+                self.log.write(event["stdout"] + "\n")
+                self.log.flush()
+            host, task = data.get("host"), (data.get("task") or "").strip()
+            if kind == "runner_on_start" and host:
+                self.running[host] = (task, time.monotonic())
+            elif kind in ("runner_on_ok", "runner_on_skipped", "runner_item_on_ok") and host:
+                if kind != "runner_item_on_ok":
+                    self.running.pop(host, None)
+            elif kind in ("runner_on_failed", "runner_on_unreachable") and host:
+                self.running.pop(host, None)
+                if kind == "runner_on_failed" and data.get("ignore_errors"):
+                    return True
+                res = data.get("res") or {}
+                msg = str(res.get("msg") or res.get("stderr") or res.get("reason") or "")[:300]
+                what = "unreachable" if kind == "runner_on_unreachable" else "FAILED"
+                self.out(f"{self.label}: {host}: {what} in task '{task}': {msg}")
+            elif kind == "runner_retry":
+                self.retries += 1
+                self.out(
+                    f"{self.label}: retry: {host} '{task}' (attempt {data.get('res', {}).get('attempts', '?')})"
+                )
+            elif kind == "playbook_on_stats" and event.get("stdout"):
+                # The recap, as Ansible prints it: one line per host (ok, changed, unreachable, failed).
+                print(event["stdout"].strip("\n"), flush=True)
+            elif kind == "playbook_on_play_start":
+                self.out(f"{self.label}: play '{(data.get('play') or '').strip()}'")
+        return True
+
+    def stuck(self) -> dict[str, str]:
+        now = time.monotonic()
+        with self.lock:
+            return {h: f"task '{t}' for {now - t0:.0f} s" for h, (t, t0) in sorted(self.running.items())}
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _mitogen_env() -> dict[str, str]:
+    """Mitogen's free strategy for the kit's own runs (one interpreter per host instead of one per task)."""
+    if os.environ.get("LABKIT_MITOGEN", "1") == "0":
+        return {}
+    try:
+        import ansible_mitogen
+    except ImportError:
+        return {}
+    plugins = Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_free"}
+
+
+def _count_hosts(inventory: Path) -> int:
+    import yaml
+
+    def walk(group: dict) -> set[str]:
+        names = set((group or {}).get("hosts") or {})
+        for child in ((group or {}).get("children") or {}).values():
+            names |= walk(child)
+        return names
+
+    try:
+        return len(walk((yaml.safe_load(inventory.read_text()) or {}).get("all", {})))
+    except Exception:
+        return 1
+
+
+def run_playbook_inventory(
+    inventory: Path,
+    playbook: str,
+    limit: str | None = None,
+    extravars: dict | None = None,
+    out: Callable[[str], None] = print,
+    deadline: float | None = None,
+    label: str = "",
+    log_dir: Path | None = None,
+) -> PlaybookResult:
+    """Run ``playbooks/<playbook>`` on ``inventory`` with a deadline; the screen gets a summary, the log everything."""
+    import ansible_runner
+
+    label = label or Path(playbook).name
+    venv_bin = str(Path(sys.executable).parent)
+    # ansible-playbook and its helpers come from the kit's venv even when it is not activated.
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    if deadline is None:
+        deadline = max(DEADLINE_MIN, DEADLINE_PER_HOST * _count_hosts(inventory))
+    log_dir = log_dir or inventory.parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{Path(playbook).stem}-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    watch = _Watch(log, out, label)
+    out(f"{label}: ansible-playbook {playbook} (deadline {deadline:.0f} s; full output in {log})")
+    try:
+        with tempfile.TemporaryDirectory(prefix="labkit-runner-") as pdd:
+            r = ansible_runner.run(
+                private_data_dir=pdd,
+                project_dir=str(paths.REPO),
+                playbook=str(paths.PLAYBOOKS / playbook),
+                inventory=str(inventory.resolve()),
+                cmdline=f"--limit {limit}" if limit else None,
+                extravars=extravars or {},
+                envvars={
+                    "ANSIBLE_CONFIG": str(paths.REPO / "ansible.cfg"),
+                    "ANSIBLE_NOCOLOR": "1",
+                    **_mitogen_env(),
+                },
+                quiet=True,
+                suppress_env_files=True,
+                event_handler=watch,
+                timeout=int(deadline),
+            )
+            stats = r.stats or {}
+    finally:
+        watch.close()
+    res = PlaybookResult(
+        rc=r.rc,
+        status=r.status,
+        changed=dict(stats.get("changed", {})),
+        failed={**stats.get("failures", {}), **stats.get("dark", {})},
+        ok=dict(stats.get("ok", {})),
+        retries=watch.retries,
+        log=log,
+    )
+    if r.status == "timeout":
+        res.stuck = watch.stuck()
+        where = "; ".join(f"{h} in {t}" for h, t in res.stuck.items()) or "no task was running"
+        out(f"{label}: DEADLINE of {deadline:.0f} s reached, run ended. Still running: {where}. Log: {log}")
+        res.rc = res.rc or 124
+    return res
 
 
 def run_playbook(
@@ -32,39 +189,12 @@ def run_playbook(
     limit: str | None = None,
     extravars: dict | None = None,
     out: Callable[[str], None] = print,
-    quiet: bool = False,
+    deadline: float | None = None,
+    label: str = "",
 ) -> PlaybookResult:
-    import ansible_runner
-
     inv = cohort_files(folder)["hosts"]
     if not inv.is_file():
         raise FileNotFoundError(f"{inv}: no inventory. Fix: run `labkit fleet up {folder}` first.")
-    cmdline = f"--limit {limit}" if limit else None
-    venv_bin = str(Path(sys.executable).parent)
-    # ansible-playbook and its helpers come from the kit's venv even when it is not activated.
-    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
-    with tempfile.TemporaryDirectory(prefix="labkit-runner-") as pdd:
-        r = ansible_runner.run(
-            private_data_dir=pdd,
-            project_dir=str(paths.REPO),
-            playbook=str(paths.PLAYBOOKS / playbook),
-            inventory=str(inv.resolve()),
-            cmdline=cmdline,
-            extravars=extravars or {},
-            envvars={
-                "ANSIBLE_CONFIG": str(paths.REPO / "ansible.cfg"),
-                "ANSIBLE_NOCOLOR": "0" if sys.stdout.isatty() else "1",
-            },
-            quiet=quiet,
-            suppress_env_files=True,
-        )
-        stats = r.stats or {}
-    res = PlaybookResult(
-        rc=r.rc,
-        status=r.status,
-        changed=dict(stats.get("changed", {})),
-        failed={**stats.get("failures", {}), **stats.get("dark", {})},
-        ok=dict(stats.get("ok", {})),
+    return run_playbook_inventory(
+        inv, playbook, limit, extravars, out, deadline, label, log_dir=cohort_files(folder)["logs"]
     )
-    return res

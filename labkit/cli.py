@@ -69,7 +69,7 @@ def _playbook(folder: Path, playbook: str, limit: str | None = None, label: str 
     from labkit.ansible import run_playbook
 
     t0 = time.monotonic()
-    res = run_playbook(folder, playbook, limit=limit)
+    res = run_playbook(folder, playbook, limit=limit, out=_say, label=label or playbook)
     summary = ", ".join(f"{h}={n}" for h, n in sorted(res.changed.items()) if n) or "none"
     _say(
         f"{label or playbook}: {res.status} in {time.monotonic() - t0:.0f} s; "
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as exc:
         print(f"labkit: unknown {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError) as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "labkit: interrupted; re-run the same command to finish, or `labkit fleet down` to clean up",

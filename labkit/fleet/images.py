@@ -24,9 +24,9 @@ from labkit.proc import run
 
 SUITE = "bookworm"
 # What a lab host needs to boot and be managed by Ansible; everything else the roles
-# install through the cohort's apt proxy, as they would on a cloud image.
+# own install tasks put into the baked layer above it (labkit/fleet/bake.py).
 BASE_PACKAGES = ("openssh-server", "python3", "python3-apt", "systemd", "systemd-sysv", "dbus", "iproute2")
-RECIPE_VERSION = 3  # bump when the steps below change
+RECIPE_VERSION = 4  # bump when the steps below change
 LAB_REQUIREMENTS = Path(__file__).with_name("lab-requirements.txt")
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -78,17 +78,27 @@ def controller_apt_sources() -> list[dict[str, list[str]]]:
     return debian
 
 
-def _proxyable(uri: str) -> str:
-    # apt-cacher-ng caches https mirrors through its http://HTTPS/// form.
-    return "http://HTTPS///" + uri[len("https://") :] if uri.startswith("https://") else uri
+def mirrors() -> list[str]:
+    """The controller's Debian mirror URIs, in a stable order (the package service serves exactly these)."""
+    seen: list[str] = []
+    for e in controller_apt_sources():
+        for uri in e["uris"]:
+            uri = uri.rstrip("/")
+            if uri not in seen:
+                seen.append(uri)
+    return seen
 
 
-def lab_sources_list() -> str:
+def lab_sources_list(base_url: str | None = None) -> str:
+    """sources.list of a lab host: the controller's own Debian sources, through the package service
+    at ``base_url`` (mirror i is served under ``<base_url>/m<i>``), or direct when ``base_url`` is None."""
+    index = {uri: i for i, uri in enumerate(mirrors())}
     lines = []
     for e in controller_apt_sources():
         for uri in e["uris"]:
+            where = f"{base_url}/m{index[uri.rstrip('/')]}" if base_url else uri
             for suite in e["suites"]:
-                lines.append(f"deb {_proxyable(uri)} {suite} {' '.join(e['components'])}")
+                lines.append(f"deb {where} {suite} {' '.join(e['components'])}")
     return "\n".join(lines) + "\n"
 
 

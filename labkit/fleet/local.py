@@ -2,7 +2,8 @@
 
 Each host boots (``-b``) its own systemd on an overlayfs root over the shared Debian
 base, in its own network namespace, wired by a veth pair to the cohort's bridge. The
-bridge's gateway address runs the cohort's apt-cacher-ng; there is no route out.
+bridge's gateway address runs the cohort's package service (pkgservice.py); there is no route out.
+The root is ``upper : baked layer : base``: what the roles install is baked once (bake.py).
 
 Terraform calls ``labkit fleet-local network-up|network-down|host-up|host-down`` from
 ``terraform_data`` provisioners (terraform/modules/lab_fleet_local); ``sweep`` removes
@@ -22,7 +23,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import paths
-from labkit.fleet import images
+from labkit.fleet import bake, images, pkgservice
 from labkit.proc import CommandError, pid_alive, read_pid, run, stop_pid
 
-APT_PROXY_PORT = 3942  # not 3142: a system apt-cacher-ng may already own that port
 SUBNET_POOL = ipaddress.ip_network("10.250.0.0/16")
 HOST_OFFSET = 10  # .1 is the gateway; hosts from .10 up
 WHEELHOUSE_MOUNT = "/opt/labkit/wheelhouse"
@@ -142,53 +141,20 @@ def network_up(spec: dict, out: Out = print) -> None:
     if gw not in addrs:
         run(["ip", "addr", "add", f"{gw}/{prefix}", "dev", bridge], quiet=True)
     run(["ip", "link", "set", bridge, "up"], quiet=True)
-    start_apt_proxy(cohort, gw, out)
+    pkgservice.start(cohort, gw, out)
     images.ensure_base_image(out)
     images.ensure_wheelhouse(out)
-    out(f"network {cohort}: bridge {bridge} {gw}/{prefix}, apt proxy http://{gw}:{APT_PROXY_PORT}")
-
-
-def start_apt_proxy(cohort: str, gateway: str, out: Out = print) -> None:
-    """One apt-cacher-ng per cohort, listening on the bridge gateway only; cache shared."""
-    state = cohort_state(cohort) / "apt-cacher-ng"
-    pidfile = state / "acng.pid"
-    pid = read_pid(pidfile)
-    if pid and pid_alive(pid):
-        return
-    (state / "log").mkdir(parents=True, exist_ok=True)
-    cache = paths.CACHE_DIR / "apt-cacher-ng"
-    cache.mkdir(parents=True, exist_ok=True)
-    # Our own config, not /etc/apt-cacher-ng: no mirror remapping, so it fetches from
-    # exactly the mirror the controller uses (the lab hosts' sources name it).
-    conf = state / "conf"
-    conf.mkdir(exist_ok=True)
-    (conf / "acng.conf").write_text(
-        f"CacheDir: {cache}\nLogDir: {state / 'log'}\nSupportDir: /usr/lib/apt-cacher-ng\n"
-        f"Port: {APT_PROXY_PORT}\nBindAddress: {gateway}\nPidFile: {pidfile}\n"
-        f"SocketPath: {state / 'acng.socket'}\nExThreshold: 4\nForeGround: 0\n"
-    )
-    run(["/usr/sbin/apt-cacher-ng", "-c", str(conf)], quiet=True)
-    for _ in range(50):
-        with contextlib.suppress(OSError), socket.create_connection((gateway, APT_PROXY_PORT), timeout=0.5):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"apt-cacher-ng did not start on {gateway}:{APT_PROXY_PORT}; see {state / 'log'}")
-
-
-def stop_apt_proxy(cohort: str) -> bool:
-    pidfile = cohort_state(cohort) / "apt-cacher-ng" / "acng.pid"
-    pid = read_pid(pidfile)
-    return bool(pid) and stop_pid(pid, timeout=10)
+    out(f"network {cohort}: bridge {bridge} {gw}/{prefix}, package service {pkgservice.base_url(gw)}")
 
 
 def network_down(spec: dict, out: Out = print) -> None:
     cohort, bridge = spec["cohort"], spec["bridge"]
-    stop_apt_proxy(cohort)
+    pkgservice.stop(cohort)
     if _link_exists(bridge):
         run(["ip", "link", "del", bridge], quiet=True)
     shutil.rmtree(cohort_state(cohort), ignore_errors=True)
     release_network(cohort)
-    out(f"network {cohort}: bridge {bridge} and apt proxy removed")
+    out(f"network {cohort}: bridge {bridge} and package service removed")
 
 
 # ---------------------------------------------------------------- hosts
@@ -216,45 +182,54 @@ def _first_boot_files(root: Path, spec: dict) -> None:
     pub = Path(spec["ssh_private_key_file"] + ".pub").read_text()
     (ssh_dir / "authorized_keys").write_text(pub)
     os.chmod(ssh_dir / "authorized_keys", 0o600)
-    # Timeouts and retries: with a dozen hosts refreshing the same index files at once,
-    # apt-cacher-ng 3.7 sometimes loses a request (its error log: "Failure to move file
-    # ... File exists"), and apt would wait on it forever. Measured with 12 hosts (make bench).
+    # Debian packages come from the cohort's package service on the gateway (the host has no
+    # route out); it puts deadlines on the mirror, and apt gets its own on the service.
+    (root / "etc/apt/sources.list").write_text(images.lab_sources_list(pkgservice.base_url(spec["gateway"])))
     (root / "etc/apt/apt.conf.d/01labkit-proxy").write_text(
-        f'Acquire::http::Proxy "http://{spec["gateway"]}:{APT_PROXY_PORT}";\n'
-        'Acquire::http::Timeout "30";\nAcquire::Retries "5";\n'
+        'Acquire::http::Timeout "30";\nAcquire::Retries "3";\nAcquire::http::Proxy "DIRECT";\n'
     )
 
 
 def host_up(spec: dict, out: Out = print) -> None:
-    """Create (or restart after a reboot of the controller) one lab host; idempotent."""
+    """Create (or restart after a reboot of the controller) one lab host; idempotent.
+
+    A new host is made on the current baked layer of its component set; a host that exists
+    keeps the layers it was made on (recorded in its state), like a VM keeps its disk.
+    """
+    state = host_state(spec["cohort"], spec["name"])
+    record = state / "initialized"
+    if record.is_file():
+        lower = json.loads(record.read_text()).get("lowerdirs") or [str(images.ensure_base_image(out))]
+    else:
+        from labkit.scenario import load_scenario
+
+        comps = bake.components(load_scenario(spec["scenario"]).data["topology"][spec["role"]])
+        key = bake.ensure_baked([comps], out)[",".join(comps)]
+        lower = bake.lowerdirs(key)
+        spec = {**spec, "bake_key": key, "components": comps}
+    boot_host(spec, state, lower, images.ensure_wheelhouse(out), out)
+
+
+def boot_host(spec: dict, state: Path, lowerdirs: list[str], wheelhouse: Path, out: Out = print) -> None:
+    """Mount the host's root (overlay of ``lowerdirs``), give it its identity on first boot, boot it, wait for ssh."""
     cohort, name, address = spec["cohort"], spec["name"], spec["address"]
-    base = images.ensure_base_image(out)
-    wheelhouse = images.ensure_wheelhouse(out)
-    state = host_state(cohort, name)
     upper, work, root = state / "upper", state / "work", state / "root"
     for d in (upper, work, root):
         d.mkdir(parents=True, exist_ok=True)
     pid = read_pid(state / "nspawn.pid")
-    if pid and pid_alive(pid):
+    if pid and _is_nspawn(pid, root):
         out(f"{name}: already running (pid {pid})")
         return
     if not _is_mount(root):
         run(
-            [
-                "mount",
-                "-t",
-                "overlay",
-                "overlay",
-                "-o",
-                f"lowerdir={base},upperdir={upper},workdir={work}",
-                str(root),
-            ],
+            ["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={':'.join(lowerdirs)},upperdir={upper},workdir={work}", str(root)],
             quiet=True,
-        )
+        )  # fmt: skip
     if not (state / "initialized").is_file():
         _first_boot_files(root, spec)
-        (state / "initialized").write_text(json.dumps(spec, indent=2))
-    _wire_netns(spec)
+        (state / "initialized").write_text(json.dumps({**spec, "lowerdirs": lowerdirs}, indent=2))
+    _wire_netns(spec, out)
     with open(state / "console.log", "ab") as log:
         proc = subprocess.Popen(
             [
@@ -283,7 +258,26 @@ def host_up(spec: dict, out: Out = print) -> None:
     out(f"{name}: up at {address} (ssh answered in {time.monotonic() - t0:.1f} s)")
 
 
-def _wire_netns(spec: dict) -> None:
+def _is_nspawn(pid: int, root: Path) -> bool:
+    """Is ``pid`` still the systemd-nspawn of this root (not a recycled pid)?"""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmd) and cmd[0].endswith(b"systemd-nspawn") and str(root).encode() in cmd
+
+
+def stop_host(spec: dict, state: Path) -> None:
+    """Power a host off (SIGTERM to nspawn = clean shutdown) and unwire it; its files stay."""
+    pid = read_pid(state / "nspawn.pid")
+    if pid and _is_nspawn(pid, state / "root"):
+        stop_pid(pid, timeout=30)
+    _unwire(spec["cohort"], spec["name"], state)
+
+
+def _wire_netns(spec: dict, out: Out = print) -> None:
     ns = netns_name(spec["cohort"], spec["name"])
     veth = veth_name(spec["name"])
     if not Path(f"/run/netns/{ns}").exists():
@@ -293,6 +287,7 @@ def _wire_netns(spec: dict) -> None:
                 break
             if attempt == 19:
                 raise CommandError(f"ip netns add {ns}: {proc.stderr.strip()}")
+            out(f"retry: ip netns add {ns} ({proc.stderr.strip()})")
             time.sleep(0.5)
     if not _link_exists("host0", ns):
         if _link_exists(veth):
@@ -349,13 +344,18 @@ def host_down(spec: dict, out: Out = print) -> None:
     cohort, name = spec["cohort"], spec["name"]
     state = host_state(cohort, name)
     pid = read_pid(state / "nspawn.pid")
-    if pid:
+    if pid and _is_nspawn(pid, state / "root"):
         stop_pid(pid, timeout=30)
     _remove_host_leftovers(cohort, name, state)
     out(f"{name}: removed")
 
 
 def _remove_host_leftovers(cohort: str, name: str, state: Path) -> None:
+    _unwire(cohort, name, state)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def _unwire(cohort: str, name: str, state: Path) -> None:
     root = state / "root"
     for _ in range(10):
         if not _is_mount(root):
@@ -369,7 +369,6 @@ def _remove_host_leftovers(cohort: str, name: str, state: Path) -> None:
         run(["ip", "netns", "del", ns], check=False, quiet=True)
     if _link_exists(veth_name(name)):
         run(["ip", "link", "del", veth_name(name)], check=False, quiet=True)
-    shutil.rmtree(state, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- inspection and sweep
@@ -395,13 +394,13 @@ def cohort_leftovers(cohort: str) -> dict[str, list[str]]:
                 cmd = (proc_dir / "cmdline").read_bytes().split(b"\0")
                 if cmd and cmd[0].endswith(b"systemd-nspawn") and str(state).encode() in b" ".join(cmd):
                     pids.append(proc_dir.name)
-    acng = read_pid(state / "apt-cacher-ng" / "acng.pid")
+    pkg = pkgservice.running_pid(cohort)
     return {
         "netns": netns,
         "bridges": [bridge_name(cohort)] if _link_exists(bridge_name(cohort)) else [],
         "mounts": mounts,
         "nspawn_pids": sorted(set(pids)),
-        "apt_proxy_pids": [str(acng)] if acng and pid_alive(acng) else [],
+        "package_service_pids": [str(pkg)] if pkg else [],
         "state_dirs": [str(d) for d in sorted(state.glob("hosts/*"))]
         + ([str(state)] if state.exists() else []),
     }
@@ -426,5 +425,6 @@ def sweep(cohort: str, out: Out = print) -> dict[str, list[str]]:
 
 
 def host_status(cohort: str, name: str) -> str:
-    pid = read_pid(host_state(cohort, name) / "nspawn.pid")
-    return "running" if pid and pid_alive(pid) else "stopped"
+    state = host_state(cohort, name)
+    pid = read_pid(state / "nspawn.pid")
+    return "running" if pid and _is_nspawn(pid, state / "root") else "stopped"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from labkit import inventory, paths, terraform
-from labkit.fleet import local
+from labkit.fleet import bake, images, local
 from labkit.roster import Roster
 from labkit.scenario import load_scenario
 
@@ -91,9 +91,31 @@ def _tf(folder: Path, args: list[str], out: Out = print) -> int:
     return code
 
 
+def component_sets(roster: Roster) -> dict[str, list[str]]:
+    """Host role -> every component role its hosts run (what their image bakes)."""
+    topology = load_scenario(roster.scenario).data["topology"]
+    return {role: bake.components(comps) for role, comps in topology.items()}
+
+
+def baked_vars(roster: Roster, host: str, sets: dict[str, list[str]], keys: dict[str, str]) -> dict:
+    """``<role>_install: false`` for the components baked into this host's image, if that bake is current."""
+    record = local.host_state(roster.cohort, host) / "initialized"
+    made_on = json.loads(record.read_text()).get("bake_key") if record.is_file() else None
+    role = json.loads(record.read_text()).get("role") if record.is_file() else None
+    comps = sets.get(role or "", [])
+    if not made_on or made_on != keys.get(",".join(comps)):
+        return {}
+    return {f"{c}_install": False for c in comps}
+
+
 def up(roster: Roster, out: Out = print) -> int:
     folder = roster.folder
     t0 = time.monotonic()
+    # Built-once artefacts first, with their own progress lines: the base, the wheelhouse, the baked layers.
+    images.ensure_base_image(out)
+    images.ensure_wheelhouse(out)
+    sets = component_sets(roster)
+    keys = bake.ensure_baked(list(sets.values()), out)
     variables = write_tfvars(roster)
     out(
         f"fleet up {roster.cohort}: {len(variables['hosts'])} lab hosts on {variables['network']['cidr']} "
@@ -125,7 +147,11 @@ def up(roster: Roster, out: Out = print) -> int:
         known = local.host_state(roster.cohort, h["name"]) / "known_hosts"
         host_keys[h["name"]] = " ".join(known.read_text().split()[1:3])
     inventory.write_cohort_files(
-        roster, lab_hosts, host_keys, f"--no-index --find-links {local.WHEELHOUSE_MOUNT}"
+        roster,
+        lab_hosts,
+        host_keys,
+        f"--no-index --find-links {local.WHEELHOUSE_MOUNT}",
+        {h["name"]: baked_vars(roster, h["name"], sets, keys) for h in lab_hosts},
     )
     out(
         f"fleet up {roster.cohort}: {len(lab_hosts)} hosts ready in {time.monotonic() - t0:.0f} s; "
@@ -157,7 +183,7 @@ def down(roster: Roster, out: Out = print) -> int:
         state.with_name(state.name + ".backup"),
     ):
         path.unlink(missing_ok=True)
-    for d in (files["credentials"], files["host_vars"], files["ssh_key"].parent, data_dir):
+    for d in (files["credentials"], files["host_vars"], files["ssh_key"].parent, data_dir, files["logs"]):
         shutil.rmtree(d, ignore_errors=True)
     swept = sum(len(v) for v in found.values())
     out(
