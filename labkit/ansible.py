@@ -195,6 +195,12 @@ def run_playbook(
     inv = cohort_files(folder)["hosts"]
     if not inv.is_file():
         raise FileNotFoundError(f"{inv}: no inventory. Fix: run `labkit fleet up {folder}` first.")
+    from labkit.roster import load_roster
+
+    load_roster(
+        folder
+    )  # refuses a bad roster before any host is touched (the playbook then skips its own check)
+    extravars = {"labkit_roster_validated": True, **(extravars or {})}
     return run_playbook_inventory(
         inv, playbook, limit, extravars, out, deadline, label, log_dir=cohort_files(folder)["logs"]
     )

@@ -157,6 +157,54 @@ def ssh_as(folder: Path, user: str, key: Path, host: str, command: str) -> subpr
     )
 
 
+def test_hosts_share_a_baked_image_but_not_its_identity(cohort):
+    folder, _ = cohort
+    key = folder / ".ssh" / "id_ed25519"
+    names = [f"{COHORT}-{s}-{r}" for s in ("s01", "s02") for r in ("broker", "worker")]
+    facts = {}
+    for n in names:
+        res = ssh_as(
+            folder,
+            "root",
+            key,
+            n,
+            "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; cat /var/lib/rabbitmq/.erlang.cookie 2>/dev/null;"
+            " echo; findmnt -no OPTIONS / ; test -x /srv/celery-lab/venv/bin/celery -o -x /opt/flower/venv/bin/celery"
+            " && echo venv-ok",
+        )
+        assert res.returncode == 0, res.stderr
+        facts[n] = res.stdout.splitlines()
+    assert all("venv-ok" in f for f in facts.values()), facts
+    assert all(any("lowerdir=/var/cache/labkit/baked/" in ln for ln in f) for f in facts.values()), facts
+    for i in (0, 1):  # machine-id, ssh host key: one per host
+        assert len({f[i] for f in facts.values()}) == len(names), f"line {i} shared between hosts: {facts}"
+    brokers = [f[2] for n, f in facts.items() if n.endswith("-broker")]
+    assert all(brokers) and len(set(brokers)) == 2, "each broker needs its own Erlang cookie"
+    # The first converge of a baked host installs nothing: the roles' install tasks were skipped.
+    log = sorted((folder / "logs").glob("site-*.log"))[0].read_text()
+    assert "TASK [rabbitmq : Install RabbitMQ]" not in log and "Install RabbitMQ (skipped" in log
+
+
+def test_students_install_packages_through_the_package_service(cohort):
+    folder, _ = cohort
+    res = ssh_as(
+        folder,
+        "s02",
+        folder / "keys/s02",
+        f"{COHORT}-s02-worker",
+        "sudo apt-get update -q >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q hello"
+        " >/dev/null && hello && grep -h '^deb ' /etc/apt/sources.list"
+        " && python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --no-index --find-links /opt/labkit/wheelhouse six"
+        " && /tmp/v/bin/python -c 'import six; print(six.__version__)'",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "Hello, world!"
+    gateway = json.loads((folder / "fleet.auto.tfvars.json").read_text())["network"]["gateway"]
+    assert all(f"http://{gateway}:3942/m" in ln for ln in lines if ln.startswith("deb ")), lines
+    assert re.fullmatch(r"\d+\.\d+\.\d+", lines[-1]), lines
+
+
 def test_students_reach_only_their_own_lab(cohort):
     folder, _ = cohort
     own = ssh_as(
