@@ -105,7 +105,7 @@ def _mitogen_env() -> dict[str, str]:
 
 
 def _count_hosts(inventory: Path) -> int:
-    import yaml
+    from labkit.inventory import read_inventory
 
     def walk(group: dict) -> set[str]:
         names = set((group or {}).get("hosts") or {})
@@ -114,7 +114,7 @@ def _count_hosts(inventory: Path) -> int:
         return names
 
     try:
-        return len(walk((yaml.safe_load(inventory.read_text()) or {}).get("all", {})))
+        return len(walk(read_inventory(inventory).get("all", {})))
     except Exception:
         return 1
 

@@ -11,6 +11,7 @@ import datetime as dt
 import html
 import io
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -98,17 +99,33 @@ def grades_json(grades: Mapping[str, Any]) -> str:
     return json.dumps(grades, indent=2) + "\n"
 
 
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def xml_text(value: Any) -> str:
+    """Text safe in XML 1.0: ElementTree escapes markup, this drops the characters XML cannot hold at all
+    (a check's detail may quote a student's program output, escape sequences included)."""
+    return _XML_BAD.sub("\ufffd", str(value))
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting with = + - @ (a formula) gets a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def gradebook_csv(grades: Mapping[str, Any]) -> str:
     """Rows = students; columns = student, one 1/0 column per check id, score, max, percent."""
     ids = check_ids(grades)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["student", *ids, "score", "max", "percent"])
+    writer.writerow([csv_cell(c) for c in ("student", *ids, "score", "max", "percent")])
     for sid, student in grades["students"].items():
         passed = {c["id"]: c["passed"] for c in student["checks"]}
         writer.writerow(
             [
-                sid,
+                csv_cell(sid),
                 *(1 if passed.get(i) else 0 for i in ids),
                 student["score"],
                 student["max"],
@@ -151,10 +168,10 @@ def junit_xml(grades: Mapping[str, Any], durations: Mapping[tuple[str, str], flo
             )
             case_props = ET.SubElement(case, "properties")
             for key in ("title", "host", "weight"):
-                ET.SubElement(case_props, "property", name=key, value=str(check[key]))
+                ET.SubElement(case_props, "property", name=key, value=xml_text(check[key]))
             if not check["passed"]:
-                failure = ET.SubElement(case, "failure", message=check["detail"] or "failed")
-                failure.text = f"{check['detail']}\nHint: {check['hint']}"
+                failure = ET.SubElement(case, "failure", message=xml_text(check["detail"] or "failed"))
+                failure.text = xml_text(f"{check['detail']}\nHint: {check['hint']}")
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

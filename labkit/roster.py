@@ -25,6 +25,12 @@ COHORT_RE = re.compile(r"^[a-z][a-z0-9-]{0,20}$")
 # POSIX-portable user name as useradd accepts it; also a valid DNS label part.
 STUDENT_ID_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 TARGETS = ("local", "aws")
+# Free text (a student's name) reaches Ansible, Terraform, reports and /etc/passwd's comment field: it may not carry
+# control characters, template syntax (Jinja, Terraform's ${ } and %{ }) or a ':' (the passwd field separator).
+NAME_MAX = 100
+TEMPLATE_MARKERS = ("{{", "}}", "{%", "%}", "{#", "#}", "${", "%{")
+AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
+AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 SSH_KEY_TYPES = (
     "ssh-ed25519",
     "ssh-rsa",
@@ -170,6 +176,23 @@ def _ssh_fields(raw: bytes) -> list[bytes] | None:
     return fields
 
 
+def name_problem(name: str) -> str | None:
+    """None when ``name`` is plain text the kit may put anywhere, else why not."""
+    if len(name) > NAME_MAX:
+        return f"longer than {NAME_MAX} characters"
+    bad = sorted(
+        {f"U+{ord(c):04X}" for c in name if ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029"}
+    )
+    if bad:
+        return f"holds control characters ({', '.join(bad)})"
+    marks = [m for m in TEMPLATE_MARKERS if m in name]
+    if marks:
+        return f"holds template syntax ({' '.join(marks)}), which the kit refuses in roster text"
+    if ":" in name or "\\" in name:
+        return "holds ':' or '\\' (field separators of account files)"
+    return None
+
+
 def _fmt_student(index: int, sid: Any) -> str:
     return f"students[{index}] (id {sid!r})" if sid is not None else f"students[{index}]"
 
@@ -238,6 +261,8 @@ def load_roster(folder_or_file: str | Path) -> Roster:
         )
         raw_students = []
     seen: dict[str, int] = {}
+    # Ids become Ansible group names (student_<id with - as _>) and host names: two ids may not map to one.
+    seen_groups: dict[str, int] = {}
     for i, entry in enumerate(raw_students):
         if not isinstance(entry, dict):
             problems.append(f"students[{i}]: must be a mapping with id, name and ssh_public_key.")
@@ -259,14 +284,27 @@ def load_roster(folder_or_file: str | Path) -> Roster:
                 f"{where}: id: duplicate of students[{seen[sid]}]. Fix: give every student a unique id; "
                 "ids key their machines, so never reuse or renumber them."
             )
+        elif sid.replace("-", "_") in seen_groups:
+            other = seen_groups[sid.replace("-", "_")]
+            problems.append(
+                f"{where}: id: {sid!r} and students[{other}] ({raw_students[other].get('id')!r}) name the same "
+                "Ansible group once '-' becomes '_'. Fix: make ids differ by more than '-' and '_'."
+            )
         if sid_ok:
             seen.setdefault(sid, i)
+            seen_groups.setdefault(sid.replace("-", "_"), i)
 
         key, key_problem = _student_key(path.parent, entry)
         if key_problem:
             problems.append(f"{where}: {key_problem}")
         name = entry.get("name") or (sid if isinstance(sid, str) else "")
-        if sid_ok and key and not key_problem:
+        if not isinstance(name, str):
+            problems.append(f'{where}: name: must be text. Fix: quote it, e.g. name: "Ada Lovelace".')
+            name = ""
+        why = name_problem(name)
+        if why:
+            problems.append(f"{where}: name: {why}. Fix: write the student's name as plain text.")
+        if sid_ok and key and not key_problem and not why:
             students.append(Student(id=sid, name=str(name), ssh_public_key=key))
 
     aws = None
@@ -315,7 +353,8 @@ def _student_key(folder: Path, entry: dict[str, Any]) -> tuple[str | None, str |
             None,
             f"{field_name}: malformed SSH public key: {why}. Fix: paste the single line of the .pub file.",
         )
-    return " ".join(str(inline).strip().split()[:3]), None
+    # Only the key's type and body: its comment is free text the student wrote, and nothing needs it.
+    return " ".join(str(inline).strip().split()[:2]), None
 
 
 def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
@@ -339,6 +378,18 @@ def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
             ipaddress.ip_network(str(c), strict=True)
         except ValueError:
             problems.append(f"aws.allowed_ssh_cidrs: {c!r} is not a CIDR block. Fix: e.g. 203.0.113.0/24.")
+    ami, az = raw.get("ami"), raw.get("availability_zone")
+    if ami is not None and not (isinstance(ami, str) and AMI_RE.match(ami)):
+        problems.append(
+            f"aws.ami: {ami!r} is not an AMI id. Fix: e.g. ami-0123456789abcdef0, or leave it out."
+        )
+    if az is not None and not (isinstance(az, str) and AZ_RE.match(az)):
+        problems.append(
+            f"aws.availability_zone: {az!r} is not a zone name. Fix: e.g. eu-west-1b, or leave it out."
+        )
+    unknown = sorted(set(raw) - {"region", "instance_type", "allowed_ssh_cidrs", "ami", "availability_zone"})
+    if unknown:
+        problems.append(f"aws: unknown field(s) {', '.join(map(repr, unknown))}. Fix: remove them.")
     if problems:
         return None, problems
     return (

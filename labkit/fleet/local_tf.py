@@ -12,7 +12,7 @@ from pathlib import Path
 
 from labkit import inventory, paths, terraform
 from labkit.fleet import bake, images, local
-from labkit.roster import Roster
+from labkit.roster import Roster, RosterError
 from labkit.scenario import load_scenario
 
 ENV_DIR = paths.TERRAFORM / "envs" / "local"
@@ -108,9 +108,28 @@ def baked_vars(roster: Roster, host: str, sets: dict[str, list[str]], keys: dict
     return {f"{c}_install": False for c in comps}
 
 
+def claim_cohort(roster: Roster) -> None:
+    """One folder per cohort name on this machine: hosts, bridge and state are keyed by the name."""
+    owner = local.cohort_state(roster.cohort) / "owner"
+    if owner.is_file():
+        other = Path(owner.read_text().strip())
+        if other != roster.path and other.is_file():
+            raise RosterError(
+                roster.path,
+                [
+                    f"cohort: {roster.cohort!r} is already the cohort of {other}, whose lab hosts run on this "
+                    "machine. Fix: give this roster another cohort name, or tear that one down first "
+                    f"(labkit fleet down {other.parent})."
+                ],
+            )
+    owner.parent.mkdir(parents=True, exist_ok=True)
+    owner.write_text(str(roster.path) + "\n")
+
+
 def up(roster: Roster, out: Out = print) -> int:
     folder = roster.folder
     t0 = time.monotonic()
+    claim_cohort(roster)
     # Built-once artefacts first, with their own progress lines: the base, the wheelhouse, the baked layers.
     images.ensure_base_image(out)
     images.ensure_wheelhouse(out)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from labkit.fleet import local
+from labkit.inventory import read_inventory
 from labkit.proc import stop_pid
 from labkit.scenario import load_scenario
 
@@ -95,7 +96,7 @@ def test_fleet_up_is_keyed_by_student_and_idempotent(cohort):
     names = sorted(h["name"] for h in hosts)
     assert names == [f"{COHORT}-{s}-{r}" for s in ("s01", "s02") for r in ("broker", "worker")]
     assert all(local.host_status(COHORT, n) == "running" for n in names)
-    inv = yaml.safe_load((folder / "hosts.yml").read_text())["all"]
+    inv = read_inventory(folder / "hosts.yml")["all"]
     assert set(inv["children"]["student_s01"]["hosts"]) == {f"{COHORT}-s01-broker", f"{COHORT}-s01-worker"}
     assert set(inv["children"]["role_worker"]["hosts"]) == {f"{COHORT}-s01-worker", f"{COHORT}-s02-worker"}
     assert "scenario_queue_segregation" in inv["children"]

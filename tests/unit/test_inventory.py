@@ -80,7 +80,8 @@ def test_written_files_and_host_key_pinning(roster):
     # Not every host key known (a cloud host): trust on first use, not "yes".
     assert "StrictHostKeyChecking accept-new" in files["ssh_config"].read_text()
     assert "Host c1-s-2-worker 10.250.9.13" in files["ssh_config"].read_text()
-    parsed = yaml.safe_load(files["hosts"].read_text())
+    parsed = inventory.read_inventory(files["hosts"])
+    assert isinstance(parsed["all"]["hosts"]["c1-s01-worker"]["lab_student_name"], inventory.Unsafe)
     assert parsed["all"]["hosts"]["c1-s01-worker"]["ansible_host"] == "10.250.9.11"
 
 
