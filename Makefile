@@ -8,7 +8,7 @@ COHORT ?= inventories/demo
 # What the controller needs from Debian: nspawn hosts, their base image, the package service (nginx, run by labkit
 # per cohort as an unprivileged user; the system's own nginx service is left disabled if this installs it), and
 # redis-server, which the load-user unit tests start on loopback.
-APT_PACKAGES := debootstrap systemd-container nginx-light iproute2 openssh-client python3-venv \
+APT_PACKAGES := debootstrap systemd-container nginx-light nftables iproute2 openssh-client python3-venv \
                 ca-certificates debian-archive-keyring procps redis-server
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 

@@ -128,7 +128,7 @@ class CohortContext:
         name = entry["name"]
         if name not in self._hosts:
             self._hosts[name] = testinfra.get_host(
-                f"ssh://{name}?timeout=20", ssh_config=str(self.ssh_config)
+                f"ssh://{name}?timeout=20&sudo=true", ssh_config=str(self.ssh_config)
             )
         return self._hosts[name]
 

@@ -1,6 +1,6 @@
 """Helpers checks use to look at a lab host through testinfra.
 
-Everything runs ON the lab host (root over ssh), so a check sees what the student's own
+Everything runs ON the lab host (as root, through the admin's sudo over ssh), so a check sees what the student's own
 host sees; nothing needs a route from the controller to lab services. Every remote
 command is bounded by coreutils ``timeout``, so a dead broker fails a check instead of
 hanging the grading run.

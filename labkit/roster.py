@@ -29,6 +29,9 @@ TARGETS = ("local", "aws")
 # control characters, template syntax (Jinja, Terraform's ${ } and %{ }) or a ':' (the passwd field separator).
 NAME_MAX = 100
 TEMPLATE_MARKERS = ("{{", "}}", "{%", "%}", "{#", "#}", "${", "%{")
+AWS_FIELDS = frozenset(
+    {"region", "instance_type", "allowed_ssh_cidrs", "ami", "availability_zone", "controller_cidrs"}
+)
 AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
 SSH_KEY_TYPES = (
@@ -116,6 +119,7 @@ class AwsSettings:
     allowed_ssh_cidrs: tuple[str, ...]
     ami: str | None = None
     availability_zone: str | None = None
+    controller_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -387,7 +391,22 @@ def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
         problems.append(
             f"aws.availability_zone: {az!r} is not a zone name. Fix: e.g. eu-west-1b, or leave it out."
         )
-    unknown = sorted(set(raw) - {"region", "instance_type", "allowed_ssh_cidrs", "ami", "availability_zone"})
+    controller = raw.get("controller_cidrs") or []
+    if not isinstance(controller, list):
+        problems.append(
+            "aws.controller_cidrs: must be a list. Fix: e.g. [198.51.100.7/32], the controller's address."
+        )
+        controller = []
+    for c in controller:
+        try:
+            net = ipaddress.ip_network(str(c), strict=True)
+            if net.version != 4 or net.prefixlen == 0:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                f"aws.controller_cidrs: {c!r} is not an IPv4 CIDR block of the controller. Fix: e.g. 198.51.100.7/32."
+            )
+    unknown = sorted(set(raw) - AWS_FIELDS)
     if unknown:
         problems.append(f"aws: unknown field(s) {', '.join(map(repr, unknown))}. Fix: remove them.")
     if problems:
@@ -399,6 +418,7 @@ def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
             allowed_ssh_cidrs=tuple(str(c) for c in cidrs),
             ami=raw.get("ami"),
             availability_zone=raw.get("availability_zone"),
+            controller_cidrs=tuple(str(c) for c in controller),
         ),
         [],
     )

@@ -68,6 +68,7 @@ def tfvars(roster: Roster, result: PreflightResult, roles: list[str], controller
         "ami_id": ami_id or result.ami_id,
         "availability_zone": result.availability_zone,
         "allowed_ssh_cidrs": list(roster.aws.allowed_ssh_cidrs),
+        "controller_cidrs": list(roster.aws.controller_cidrs),
         "controller_ssh_public_key": Path(f"{controller_key}.pub").read_text().strip(),
         "ssh_private_key_file": str(controller_key),
         "ssh_user": DEBIAN_SSH_USER,

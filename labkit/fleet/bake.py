@@ -52,6 +52,7 @@ IDENTITY = (
     "etc/machine-id",
     "etc/apt/sources.list",
     "etc/apt/apt.conf.d/01labkit-proxy",
+    "etc/ssh/sshd_config.d/10-labkit.conf",
     "root/.ssh",
     "var/lib/rabbitmq/mnesia",
     "var/lib/rabbitmq/.erlang.cookie",
@@ -148,6 +149,7 @@ def _bake(missing: dict[str, list[str]], out: Out, timeout: float) -> None:
                 "name": name,
                 "address": str(ipaddress.ip_network(net.cidr)[local.HOST_OFFSET + i]),
                 "ssh_private_key_file": str(keyfile),
+                "ssh_user": "root",  # the bake host is the kit's own: no student ever logs in
                 "etc_hosts": {},
             }
             out(f"bake {key}: {', '.join(comps)} (first time for this set; packages via the package service)")

@@ -31,12 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit import paths
-from labkit.fleet import bake, images, pkgservice
+from labkit.fleet import bake, cgroups, firewall, images, pkgservice
 from labkit.proc import CommandError, pid_alive, read_pid, run, stop_pid
 
 SUBNET_POOL = ipaddress.ip_network("10.250.0.0/16")
 HOST_OFFSET = 10  # .1 is the gateway; hosts from .10 up
 WHEELHOUSE_MOUNT = "/opt/labkit/wheelhouse"
+ADMIN_USER = "admin"  # the controller's way in, on every target (AWS images have the same user)
+# Each lab host runs in its own user namespace: root inside is uid USERNS_FIRST + 65536 * n outside, an
+# unprivileged uid on the controller. Above systemd's own container range (0x00080000-0x6FFFFFFF).
+USERNS_FIRST = 0x70000000
+USERNS_SIZE = 65536
+USERNS_MAX_INDEX = (0xFFFE0000 - USERNS_FIRST) // USERNS_SIZE
+# What a host may use unless its scenario says otherwise (scenario.yml `resources:` per host role). 15 students
+# x 2 hosts x 768 MiB fit a 24 GiB machine with room for the controller.
+DEFAULT_RESOURCES = {"memory": "768M", "tasks": 1024, "cpu_weight": 100}
 
 Out = Callable[[str], None]
 
@@ -55,6 +64,12 @@ def netns_name(cohort: str, host: str) -> str:
 
 def veth_name(host: str) -> str:
     return f"lkv{_h(host, 10)}"
+
+
+def host_mac(cohort: str, host: str) -> str:
+    """The host's MAC, fixed by the kit (locally administered), pinned by the cohort's bridge filter."""
+    h = _h(f"{cohort}/{host}", 10)
+    return "02:" + ":".join(h[i : i + 2] for i in range(0, 10, 2))
 
 
 def cohort_state(cohort: str) -> Path:
@@ -106,6 +121,61 @@ def release_network(cohort: str) -> None:
                 registry.write_text(json.dumps(taken, indent=2, sort_keys=True))
 
 
+def allocate_userns(key: str) -> int:
+    """First uid of the host's user namespace range, kept in a machine-wide registry (never shared)."""
+    registry = paths.STATE_DIR / "userns.json"
+    with images.file_lock(paths.STATE_DIR / ".userns.lock"):
+        taken = json.loads(registry.read_text()) if registry.is_file() else {}
+        if key not in taken:
+            used = set(taken.values())
+            free = next((i for i in range(USERNS_MAX_INDEX) if i not in used), None)
+            if free is None:
+                raise RuntimeError(
+                    "no free user namespace range left on this machine; tear a cohort down first"
+                )
+            taken[key] = free
+            _atomic_write(registry, json.dumps(taken, indent=2, sort_keys=True))
+        return USERNS_FIRST + USERNS_SIZE * taken[key]
+
+
+def release_userns(prefix: str) -> None:
+    """Free the ranges of every host whose key starts with ``prefix`` (``cohort/`` or ``cohort/host``)."""
+    registry = paths.STATE_DIR / "userns.json"
+    with images.file_lock(paths.STATE_DIR / ".userns.lock"):
+        if registry.is_file():
+            taken = json.loads(registry.read_text())
+            kept = {k: v for k, v in taken.items() if not (k == prefix or k.startswith(prefix + "/"))}
+            if kept != taken:
+                _atomic_write(registry, json.dumps(kept, indent=2, sort_keys=True))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def resources(scenario: str, role: str) -> cgroups.Limits:
+    from labkit.scenario import load_scenario
+
+    wanted = {**DEFAULT_RESOURCES, **(load_scenario(scenario).data.get("resources", {}).get(role) or {})}
+    return cgroups.Limits(
+        memory_bytes=cgroups.parse_size(wanted["memory"]),
+        tasks=int(wanted["tasks"]),
+        cpu_weight=int(wanted["cpu_weight"]),
+    )
+
+
+def tune_controller() -> None:
+    """Kernel limits a class of hosts needs: each host's systemd takes inotify instances from root's quota
+    (user namespaces charge their creator), and the default 128 runs out at about 20 hosts."""
+    for knob, want in (("fs/inotify/max_user_instances", 8192), ("fs/inotify/max_user_watches", 1048576)):
+        f = Path("/proc/sys") / knob
+        with contextlib.suppress(OSError, ValueError):
+            if int(f.read_text()) < want:
+                f.write_text(str(want))
+
+
 def allocate_addresses(network: Network, wanted: list[str], previous: dict[str, str]) -> dict[str, str]:
     """Address per host name: keep every previous one, give new hosts the lowest free."""
     net = ipaddress.ip_network(network.cidr)
@@ -141,19 +211,33 @@ def network_up(spec: dict, out: Out = print) -> None:
     if gw not in addrs:
         run(["ip", "addr", "add", f"{gw}/{prefix}", "dev", bridge], quiet=True)
     run(["ip", "link", "set", bridge, "up"], quiet=True)
+    tune_controller()
     pkgservice.start(cohort, gw, out)
     images.ensure_base_image(out)
     images.ensure_wheelhouse(out)
     out(f"network {cohort}: bridge {bridge} {gw}/{prefix}, package service {pkgservice.base_url(gw)}")
 
 
+def isolate(cohort: str, bridge: str, hosts: dict[str, dict]) -> None:
+    """(Re)write the cohort's filter: every student's hosts an island, the controller closed but for packages."""
+    ports = [
+        firewall.Port(veth=veth_name(n), mac=host_mac(cohort, n), address=h["address"], student=h["student"])
+        for n, h in hosts.items()
+    ]
+    firewall.apply(cohort, bridge, ports, [pkgservice.PORT])
+
+
 def network_down(spec: dict, out: Out = print) -> None:
     cohort, bridge = spec["cohort"], spec["bridge"]
     pkgservice.stop(cohort)
+    firewall.remove(cohort)
+    shutil.rmtree(pkgservice.state_dir(cohort), ignore_errors=True)
     if _link_exists(bridge):
         run(["ip", "link", "del", bridge], quiet=True)
     shutil.rmtree(cohort_state(cohort), ignore_errors=True)
     release_network(cohort)
+    release_userns(cohort)
+    cgroups.remove(cohort)
     out(f"network {cohort}: bridge {bridge} and package service removed")
 
 
@@ -177,17 +261,49 @@ def _first_boot_files(root: Path, spec: dict) -> None:
     )
     (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
     run(["ssh-keygen", "-q", "-A", "-f", str(root)], quiet=True)
-    ssh_dir = root / "root/.ssh"
-    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     pub = Path(spec["ssh_private_key_file"] + ".pub").read_text()
+    user = spec.get("ssh_user", ADMIN_USER)
+    if user == "root":  # the bake host only: the kit's own, never a student's
+        home = root / "root"
+    else:
+        # The login contract of every target: a non-root admin with passwordless sudo (as cloud images have).
+        if f"\n{user}:" not in "\n" + (root / "etc/passwd").read_text():
+            run(["useradd", "--root", str(root), "--create-home", "--user-group", "--shell", "/bin/bash",
+                 "--comment", "labkit admin", user], quiet=True)  # fmt: skip
+        sudoers = root / "etc/sudoers.d" / f"labkit-{user}"
+        sudoers.parent.mkdir(parents=True, exist_ok=True)
+        sudoers.write_text(f"{user} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+        os.chmod(sudoers, 0o440)
+        home = root / "home" / user
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(pub)
     os.chmod(ssh_dir / "authorized_keys", 0o600)
+    if user != "root":
+        uid, gid = _passwd_ids(root, user)
+        for path in (home, ssh_dir, ssh_dir / "authorized_keys"):
+            os.chown(path, uid, gid)
+    # Keys only, and no root login: the admin and the students come in with their keys.
+    conf = root / "etc/ssh/sshd_config.d/10-labkit.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        "# Written by labkit: keys only.\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"PermitRootLogin {'prohibit-password' if user == 'root' else 'no'}\nPermitEmptyPasswords no\n"
+    )
     # Debian packages come from the cohort's package service on the gateway (the host has no
     # route out); it puts deadlines on the mirror, and apt gets its own on the service.
     (root / "etc/apt/sources.list").write_text(images.lab_sources_list(pkgservice.base_url(spec["gateway"])))
     (root / "etc/apt/apt.conf.d/01labkit-proxy").write_text(
         'Acquire::http::Timeout "30";\nAcquire::Retries "3";\nAcquire::http::Proxy "DIRECT";\n'
     )
+
+
+def _passwd_ids(root: Path, user: str) -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        f = line.split(":")
+        if f[0] == user:
+            return int(f[2]), int(f[3])
+    raise RuntimeError(f"{user} not in {root / 'etc/passwd'}")
 
 
 def host_up(spec: dict, out: Out = print) -> None:
@@ -207,32 +323,66 @@ def host_up(spec: dict, out: Out = print) -> None:
         key = bake.ensure_baked([comps], out)[",".join(comps)]
         lower = bake.lowerdirs(key)
         spec = {**spec, "bake_key": key, "components": comps}
-    boot_host(spec, state, lower, images.ensure_wheelhouse(out), out)
+    if record.is_file():
+        userns = json.loads(record.read_text()).get("userns_base")
+    else:
+        userns = allocate_userns(f"{spec['cohort']}/{spec['name']}")
+    spec = {**spec, "userns_base": userns}
+    limits = resources(spec["scenario"], spec["role"])
+    boot_host(spec, state, lower, images.ensure_wheelhouse(out), out, limits=limits)
 
 
-def boot_host(spec: dict, state: Path, lowerdirs: list[str], wheelhouse: Path, out: Out = print) -> None:
-    """Mount the host's root (overlay of ``lowerdirs``), give it its identity on first boot, boot it, wait for ssh."""
+def boot_host(
+    spec: dict,
+    state: Path,
+    lowerdirs: list[str],
+    wheelhouse: Path,
+    out: Out = print,
+    limits: cgroups.Limits | None = None,
+) -> None:
+    """Mount the host's root (overlay of ``lowerdirs``), give it its identity on first boot, boot it, wait for ssh.
+
+    A lab host (``spec["userns_base"]`` set) is contained: its own user namespace (files shifted on first
+    boot; with ``metacopy`` only their metadata is copied up), its own cgroup with ``limits`` and a closed
+    device list, a ``nodev`` root under a 0700 state folder. (Not ``nosuid``: the student's and the admin's
+    sudo inside need it; a setuid file inside is owned by the host's unprivileged outside uid anyway.)
+    """
     cohort, name, address = spec["cohort"], spec["name"], spec["address"]
     upper, work, root = state / "upper", state / "work", state / "root"
     for d in (upper, work, root):
         d.mkdir(parents=True, exist_ok=True)
+    # Nobody but root reaches a host's files from the controller: its state folder and the cohort's are 0700.
+    for d in (state, state.parent, state.parent.parent):
+        if d == state or str(d).startswith(str(paths.STATE_DIR / "fleet") + "/"):
+            os.chmod(d, 0o700)
     pid = read_pid(state / "nspawn.pid")
     if pid and _is_nspawn(pid, root):
         out(f"{name}: already running (pid {pid})")
         return
+    userns = spec.get("userns_base")
     if not _is_mount(root):
-        run(
-            ["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={':'.join(lowerdirs)},upperdir={upper},workdir={work}", str(root)],
-            quiet=True,
-        )  # fmt: skip
+        opts = f"lowerdir={':'.join(lowerdirs)},upperdir={upper},workdir={work}"
+        if userns is not None:
+            opts += ",nodev,metacopy=on,redirect_dir=on"
+        run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)], quiet=True)
     if not (state / "initialized").is_file():
         _first_boot_files(root, spec)
         (state / "initialized").write_text(json.dumps({**spec, "lowerdirs": lowerdirs}, indent=2))
     _wire_netns(spec, out)
+    extra: list[str] = []
+    groups: dict[str, Path] = {}
+    if userns is not None:
+        extra = [f"--private-users={userns}:{USERNS_SIZE}", "--private-users-ownership=chown"]
+        groups = cgroups.create(f"{cohort}/{name}", limits or resources(spec["scenario"], spec["role"]))
     with open(state / "console.log", "ab") as log:
         proc = subprocess.Popen(
             [
+                # nspawn starts inside the host's network namespace, which belongs to the controller's user
+                # namespace: root in the host has no network privilege there (no address, route, firewall or
+                # MAC change, no raw socket), so it cannot spoof or sniff a classmate.
+                "nsenter",
+                f"--net=/run/netns/{netns_name(cohort, name)}",
+                "--",
                 "systemd-nspawn",
                 "--quiet",
                 "-b",
@@ -244,13 +394,14 @@ def boot_host(spec: dict, state: Path, lowerdirs: list[str], wheelhouse: Path, o
                 "--keep-unit",
                 "--link-journal=no",
                 "--console=passive",
-                f"--network-namespace-path=/run/netns/{netns_name(cohort, name)}",
                 f"--bind-ro={wheelhouse}:{WHEELHOUSE_MOUNT}",
+                *extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: cgroups.enter(groups)) if groups else None,  # noqa: PLW1509 - no threads here
         )
     (state / "nspawn.pid").write_text(str(proc.pid))
     t0 = time.monotonic()
@@ -292,8 +443,12 @@ def _wire_netns(spec: dict, out: Out = print) -> None:
     if not _link_exists("host0", ns):
         if _link_exists(veth):
             run(["ip", "link", "del", veth], quiet=True)
-        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "host0", "netns", ns], quiet=True)
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "host0", "address",
+             host_mac(spec["cohort"], spec["name"]), "netns", ns], quiet=True)  # fmt: skip
     run(["ip", "link", "set", veth, "master", spec["bridge"], "up"], quiet=True)
+    # The host's services bind ports < 1024 (sshd) and ping works without any privilege in this namespace.
+    run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0",
+         "net.ipv4.ping_group_range=0 2147483647", "net.ipv6.conf.all.disable_ipv6=1"], quiet=True)  # fmt: skip
     prefix = ipaddress.ip_network(spec["cidr"]).prefixlen
     addrs = run(["ip", "-n", ns, "-j", "addr", "show", "dev", "host0"], quiet=True).stdout
     if f'"{spec["address"]}"' not in addrs:
@@ -325,7 +480,7 @@ def _wait_for_ssh(spec: dict, state: Path, proc: subprocess.Popen, timeout: floa
                 f"UserKnownHostsFile={known}",
                 "-o",
                 "StrictHostKeyChecking=yes",
-                f"root@{spec['address']}",
+                f"{spec.get('ssh_user', ADMIN_USER)}@{spec['address']}",
                 "true",
             ],
             check=False,
@@ -352,7 +507,9 @@ def host_down(spec: dict, out: Out = print) -> None:
 
 def _remove_host_leftovers(cohort: str, name: str, state: Path) -> None:
     _unwire(cohort, name, state)
+    cgroups.remove(f"{cohort}/{name}")
     shutil.rmtree(state, ignore_errors=True)
+    release_userns(f"{cohort}/{name}")
 
 
 def _unwire(cohort: str, name: str, state: Path) -> None:
@@ -401,8 +558,10 @@ def cohort_leftovers(cohort: str) -> dict[str, list[str]]:
         "mounts": mounts,
         "nspawn_pids": sorted(set(pids)),
         "package_service_pids": [str(pkg)] if pkg else [],
+        "firewall_tables": firewall.present(cohort),
         "state_dirs": [str(d) for d in sorted(state.glob("hosts/*"))]
-        + ([str(state)] if state.exists() else []),
+        + ([str(state)] if state.exists() else [])
+        + ([str(pkgservice.state_dir(cohort))] if pkgservice.state_dir(cohort).exists() else []),
     }
 
 

@@ -161,6 +161,7 @@ def up(roster: Roster, out: Out = print) -> int:
                 "ssh_private_key_file": variables["ssh_private_key_file"],
             }
             local.host_up(spec, out)
+    local.isolate(roster.cohort, variables["network"]["bridge"], variables["hosts"])
     host_keys = {}
     for h in lab_hosts:
         known = local.host_state(roster.cohort, h["name"]) / "known_hosts"

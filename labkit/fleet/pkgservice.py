@@ -130,12 +130,13 @@ http {{
 """
 
 
-def _state(cohort: str) -> Path:
-    return paths.STATE_DIR / "fleet" / cohort / "packages"
+def state_dir(cohort: str) -> Path:
+    """Outside the cohort's 0700 fleet folder: the service's own user must reach its config and logs."""
+    return paths.STATE_DIR / "packages" / cohort
 
 
 def running_pid(cohort: str) -> int | None:
-    pid = read_pid(_state(cohort) / "nginx.pid")
+    pid = read_pid(state_dir(cohort) / "nginx.pid")
     if pid and pid_alive(pid):
         with contextlib.suppress(OSError):
             if Path(f"/proc/{pid}/exe").resolve() == Path(NGINX).resolve():
@@ -157,7 +158,7 @@ def start(
     if not Path(NGINX).exists():
         raise RuntimeError(f"{NGINX} not found. Fix: apt-get install nginx-light (make setup does it)")
     uid, gid = ensure_user()
-    state = _state(cohort)
+    state = state_dir(cohort)
     for d in (state, state / "tmp", cache_dir()):
         d.mkdir(parents=True, exist_ok=True)
         shutil.chown(d, uid, gid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -166,12 +167,12 @@ def test_hosts_share_a_baked_image_but_not_its_identity(cohort):
     for n in names:
         res = ssh_as(
             folder,
-            "root",
+            "admin",
             key,
             n,
-            "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; cat /var/lib/rabbitmq/.erlang.cookie 2>/dev/null;"
-            " echo; findmnt -no OPTIONS / ; test -x /srv/celery-lab/venv/bin/celery -o -x /opt/flower/venv/bin/celery"
-            " && echo venv-ok",
+            "sudo sh -c 'cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; cat /var/lib/rabbitmq/.erlang.cookie"
+            " 2>/dev/null; echo; findmnt -no OPTIONS / ; test -x /srv/celery-lab/venv/bin/celery"
+            " -o -x /opt/flower/venv/bin/celery && echo venv-ok'",
         )
         assert res.returncode == 0, res.stderr
         facts[n] = res.stdout.splitlines()
@@ -252,6 +253,196 @@ def test_solved_student_scores_full_marks_and_unsolved_fails_exactly_the_flaws(c
         assert (reports / name).stat().st_size > 0
     csv_rows = (reports / "gradebook.csv").read_text().splitlines()
     assert csv_rows[0].startswith("student") and len(csv_rows) == 3
+
+
+# ---------------------------------------------------------------- a student attacks (issue: students are untrusted)
+
+SCAN = r"""
+import asyncio, errno, json, resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+host, ports = sys.argv[1], [int(p) for p in sys.argv[2].split(",")] if sys.argv[2] != "all" else range(1, 65536)
+async def probe(p):
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host, p), 1.5)
+        w.close()
+        return p, "open"
+    except ConnectionRefusedError:
+        return p, "refused"
+    except OSError as e:
+        return p, "filtered" if e.errno in (errno.EHOSTUNREACH, errno.ETIMEDOUT, None) else f"error {e.errno}"
+    except asyncio.TimeoutError:
+        return p, "filtered"
+async def main():
+    out = {}
+    ports_l = list(ports)
+    for i in range(0, len(ports_l), 4000):
+        for p, r in await asyncio.gather(*(probe(p) for p in ports_l[i:i + 4000])):
+            out[r] = out.get(r, 0) + 1
+            if r == "open":
+                out.setdefault("open_ports", []).append(p)
+    print(json.dumps(out))
+asyncio.run(main())
+"""
+
+UDP_ECHO = (
+    "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9999));"
+    " [s.sendto(b'echo:' + d, a) for d, a in iter(lambda: s.recvfrom(100), None)]"
+)
+UDP_ASK = (
+    "import socket, sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+    "try:\n s.sendto(b'hi', (sys.argv[1], 9999)); print(s.recvfrom(100)[0].decode())\n"
+    "except OSError as e: print('no-answer', type(e).__name__)"
+)
+
+
+def _addr(folder: Path, host: str) -> str:
+    return next(
+        h["address"] for h in json.loads((folder / "lab_hosts.json").read_text()) if h["name"] == host
+    )
+
+
+def student(
+    folder: Path, sid: str, host: str, command: str, timeout: int = 180
+) -> subprocess.CompletedProcess:
+    """Run ``command`` on the student's own host, logged in with their own key (they have sudo there)."""
+    return subprocess.run(
+        ["ssh", "-i", str(folder / f"keys/{sid}"), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+         "-o", f"UserKnownHostsFile={folder / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+         f"{sid}@{_addr(folder, f'{COHORT}-{sid}-{host}')}", command],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_student_with_root_cannot_reach_out_of_their_lab(cohort):
+    folder, env = cohort
+    reports = Path(env["LABKIT_REPORTS_DIR"]) / COHORT
+    labkit("grade", str(folder), "--student", "s02", env=env)
+    before = {
+        c["id"]: c["passed"]
+        for c in json.loads((reports / "grades.json").read_text())["students"]["s02"]["checks"]
+    }
+    s02_broker, s02_worker = _addr(folder, f"{COHORT}-s02-broker"), _addr(folder, f"{COHORT}-s02-worker")
+    gateway = json.loads((folder / "fleet.auto.tfvars.json").read_text())["network"]["gateway"]
+    macs = {n: local.host_mac(COHORT, f"{COHORT}-{n}") for n in ("s02-broker",)}
+
+    # 1. Root on their own host, but no say over its network: no firewall to flush, no address or MAC to take.
+    nft = student(folder, "s01", "broker",
+                  "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null 2>&1;"
+                  " sudo nft flush ruleset; echo rc=$?")  # fmt: skip
+    assert "Operation not permitted" in nft.stderr and "rc=1" in nft.stdout, nft.stdout + nft.stderr
+    for cmd in (f"sudo ip addr add {s02_broker}/24 dev host0",
+                f"sudo ip link set host0 address {macs['s02-broker']}",
+                "sudo ip route flush table main",
+                "sudo python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)'"):  # fmt: skip
+        res = student(folder, "s01", "broker", cmd)
+        assert res.returncode != 0 and (
+            "Operation not permitted" in res.stderr or "PermissionError" in res.stderr
+        ), f"{cmd}: {res.stdout} {res.stderr}"
+
+    # 2. Every TCP port of a classmate's hosts is filtered (dropped at the bridge), while the student's own
+    #    broker answers the same probe; a UDP service answers its own lab only.
+    scan = "cat > /tmp/scan.py <<'EOF'\n" + SCAN + "\nEOF\n"
+    own = student(
+        folder,
+        "s01",
+        "worker",
+        scan + f"python3 /tmp/scan.py {_addr(folder, f'{COHORT}-s01-broker')} 22,5672,6379",
+    )
+    assert json.loads(own.stdout.splitlines()[-1]).get("open") == 3, own.stdout + own.stderr
+    for target in (s02_broker, s02_worker):
+        res = student(folder, "s01", "worker", scan + f"python3 /tmp/scan.py {target} all", timeout=600)
+        found = json.loads(res.stdout.splitlines()[-1])
+        assert found == {"filtered": 65535}, f"{target}: {found}"
+    admin = folder / ".ssh" / "id_ed25519"
+    echo = subprocess.Popen(
+        ["ssh", "-i", str(admin), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={folder / 'known_hosts'}",
+         f"admin@{s02_broker}", f"timeout 60 python3 -c \"{UDP_ECHO}\""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        ask = f'python3 -c "{UDP_ASK}" '
+        assert student(folder, "s02", "worker", ask + s02_broker).stdout.strip() == "echo:hi"
+        assert student(folder, "s01", "worker", ask + s02_broker).stdout.startswith("no-answer")
+    finally:
+        echo.kill()
+
+    # 3. The controller: a listener on the bridge gateway is out of reach; only the package service answers.
+    with socket.create_server((gateway, 0)) as listener:
+        port = listener.getsockname()[1]
+        res = student(folder, "s01", "worker", scan + f"python3 /tmp/scan.py {gateway} {port},3942")
+        found = json.loads(res.stdout.splitlines()[-1])
+        assert found.get("open_ports") == [3942] and found.get("filtered") == 1, found
+
+    # 4. No device of the controller's disk: mknod is refused in the host's user namespace.
+    dev = os.stat("/").st_dev
+    res = student(folder, "s01", "worker", f"sudo mknod /tmp/disk b {os.major(dev)} {os.minor(dev)}")
+    assert res.returncode != 0 and "Operation not permitted" in res.stderr, res.stderr
+
+    # 5. A setuid shell made inside the host is out of an unprivileged controller user's reach (0700 state
+    #    folder), and even to root it belongs to the host's unprivileged outside uid, not to root.
+    res = student(folder, "s01", "worker", "sudo install -m 4755 /bin/bash /opt/rootsh && echo made")
+    assert "made" in res.stdout, res.stderr
+    shell = local.host_state(COHORT, f"{COHORT}-s01-worker") / "root" / "opt" / "rootsh"
+    assert shell.stat().st_mode & 0o4000 and shell.stat().st_uid >= local.USERNS_FIRST
+    run_as_nobody = subprocess.run(["runuser", "-u", "nobody", "--", str(shell), "-p", "-c", "id -u"],
+                                   capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert run_as_nobody.returncode != 0 and "Permission denied" in run_as_nobody.stderr, run_as_nobody
+
+    # 6. A fork bomb stops at the host's task limit; a memory hog is killed at the host's memory limit.
+    bomb = (
+        "import os, time, signal\nos.setpgrp(); n = 0\ntry:\n while True:\n  pid = os.fork()\n"
+        "  if pid == 0:\n   time.sleep(60); os._exit(0)\n  n += 1\nexcept OSError as e:\n print('stopped', n, e.errno, flush=True)\n"
+        "os.killpg(0, signal.SIGKILL)\n"
+    )
+    res = student(folder, "s01", "worker", f"cat > /tmp/bomb.py <<'EOF'\n{bomb}\nEOF\npython3 /tmp/bomb.py; echo bomb-done")
+    stopped = [ln for ln in res.stdout.splitlines() if ln.startswith("stopped")]
+    assert stopped and int(stopped[0].split()[1]) < 1024 and stopped[0].split()[2] == "11", (
+        res.stdout + res.stderr
+    )
+    hog = student(
+        folder, "s01", "worker", "python3 -c \"b = b'x' * (3 * 1024**3); print('survived')\"; echo rc=$?"
+    )
+    assert "survived" not in hog.stdout and "rc=137" in hog.stdout, hog.stdout + hog.stderr
+
+    # The classmate's lab kept answering throughout, and grades the same.
+    labkit("grade", str(folder), "--student", "s02", env=env)
+    after = {
+        c["id"]: c["passed"]
+        for c in json.loads((reports / "grades.json").read_text())["students"]["s02"]["checks"]
+    }
+    assert after == before
+
+
+def test_no_secret_reaches_reports_or_logs(cohort):
+    folder, env = cohort
+    secrets = [p.read_text().strip() for p in (folder / "credentials").rglob("*") if p.is_file()]
+    assert len(secrets) >= 6
+    places = [Path(env["LABKIT_REPORTS_DIR"]), folder / "logs"]
+    for place in places:
+        for f in place.rglob("*"):
+            if f.is_file():
+                text = f.read_text(errors="replace")
+                leaked = [s[:4] + "..." for s in secrets if s in text]
+                assert not leaked, f"{f} holds secrets {leaked}"
+
+
+def test_roster_payloads_never_run(cohort, tmp_path):
+    folder, env = cohort
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad"
+    (bad / "keys").mkdir(parents=True)
+    keygen(bad / "keys" / "s01")
+    (bad / "cohort.yml").write_text(yaml.safe_dump({
+        "cohort": "itest-bad", "scenario": "queue-segregation", "target": "local",
+        "students": [{"id": "s01", "name": f"Ann{{{{ lookup('pipe', 'touch {marker}') }}}}",
+                      "ssh_public_key_file": "keys/s01.pub"}],
+    }))  # fmt: skip
+    proc = subprocess.run([*LABKIT, "up", str(bad)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "template syntax" in proc.stderr and "nothing was created" in proc.stderr
+    assert not marker.exists() and not (bad / "hosts.yml").exists()
+    assert not local.cohort_state("itest-bad").exists()
 
 
 def test_teardown_leaves_nothing(cohort):

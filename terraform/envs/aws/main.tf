@@ -29,5 +29,6 @@ module "lab_fleet" {
   ami_id                    = var.ami_id
   availability_zone         = var.availability_zone
   allowed_ssh_cidrs         = var.allowed_ssh_cidrs
+  controller_cidrs          = var.controller_cidrs
   controller_ssh_public_key = var.controller_ssh_public_key
 }

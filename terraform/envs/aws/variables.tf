@@ -65,6 +65,12 @@ variable "allowed_ssh_cidrs" {
   description = "IPv4 networks allowed to ssh to the lab hosts (roster aws.allowed_ssh_cidrs)."
 }
 
+variable "controller_cidrs" {
+  type        = list(string)
+  default     = []
+  description = "IPv4 networks of the controller (roster aws.controller_cidrs): the only outside source of the lab ports."
+}
+
 variable "controller_ssh_public_key" {
   type        = string
   description = "Public half of the cohort controller key (inventories/<cohort>/.ssh/id_ed25519.pub)."

@@ -27,5 +27,23 @@ locals {
     "${pair[0]}/${pair[1]}" => { student = pair[0], cidr = pair[1] }
   }
 
+  # The controller (grading probes, load, Ansible) is the only outside source of the lab ports.
+  controller_rules = {
+    for t in setproduct(keys(var.students), var.controller_cidrs, var.controller_ports) :
+    "${t[0]}/${t[1]}/${t[2]}" => { student = t[0], cidr = t[1], port = t[2] }
+  }
+
+  # What provisioning needs out of the VPC: mirrors and PyPI over HTTP(S), DNS to the VPC resolver, NTP.
+  egress = {
+    http  = { protocol = "tcp", port = 80, cidr = "0.0.0.0/0" }
+    https = { protocol = "tcp", port = 443, cidr = "0.0.0.0/0" }
+    dns   = { protocol = "udp", port = 53, cidr = "${cidrhost(var.vpc_cidr, 2)}/32" }
+    ntp   = { protocol = "udp", port = 123, cidr = "0.0.0.0/0" }
+  }
+  egress_rules = {
+    for pair in setproduct(keys(var.students), keys(local.egress)) :
+    "${pair[0]}/${pair[1]}" => merge(local.egress[pair[1]], { student = pair[0], name = pair[1] })
+  }
+
   debian_arch = { x86_64 = "amd64", arm64 = "arm64" }[var.architecture]
 }

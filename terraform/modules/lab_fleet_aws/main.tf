@@ -144,16 +144,42 @@ resource "aws_vpc_security_group_ingress_rule" "lab_peers" {
   tags = merge(local.common_tags, { student = each.key, role = "*" })
 }
 
-resource "aws_vpc_security_group_egress_rule" "internet" {
-  # checkov:skip=CKV_AWS_382:Lab hosts install Debian packages and pinned wheels from public mirrors whose addresses are not fixed; egress is open, ingress is not.
+resource "aws_vpc_security_group_ingress_rule" "controller" {
+  for_each = local.controller_rules
+
+  security_group_id = aws_security_group.lab[each.value.student].id
+  description       = "Controller (grading, load, Ansible) to ${each.value.student} on tcp/${each.value.port}"
+  ip_protocol       = "tcp"
+  from_port         = each.value.port
+  to_port           = each.value.port
+  cidr_ipv4         = each.value.cidr
+
+  tags = merge(local.common_tags, { student = each.value.student, role = "*" })
+}
+
+resource "aws_vpc_security_group_egress_rule" "lab_peers" {
   for_each = var.students
 
-  security_group_id = aws_security_group.lab[each.key].id
-  description       = "Package mirrors (apt, PyPI) and NTP"
-  ip_protocol       = "-1"
-  cidr_ipv4         = "0.0.0.0/0"
+  security_group_id            = aws_security_group.lab[each.key].id
+  description                  = "Lab traffic to ${each.key}'s own hosts only"
+  ip_protocol                  = "-1"
+  referenced_security_group_id = aws_security_group.lab[each.key].id
 
   tags = merge(local.common_tags, { student = each.key, role = "*" })
+}
+
+resource "aws_vpc_security_group_egress_rule" "provisioning" {
+  # checkov:skip=CKV_AWS_382:Debian mirrors and PyPI have no fixed addresses; egress is limited to HTTP(S), NTP and the VPC resolver.
+  for_each = local.egress_rules
+
+  security_group_id = aws_security_group.lab[each.value.student].id
+  description       = "Provisioning: ${each.value.name} (${each.value.protocol}/${each.value.port})"
+  ip_protocol       = each.value.protocol
+  from_port         = each.value.port
+  to_port           = each.value.port
+  cidr_ipv4         = each.value.cidr
+
+  tags = merge(local.common_tags, { student = each.value.student, role = "*" })
 }
 
 # --- Per (student, role): launch template and instance -------------------------------

@@ -129,6 +129,28 @@ variable "allowed_ssh_cidrs" {
   }
 }
 
+variable "controller_cidrs" {
+  type        = list(string)
+  default     = []
+  description = "IPv4 networks of the controller (grading probes, load, Ansible): the only outside source of the lab ports in controller_ports."
+
+  validation {
+    condition     = alltrue([for c in var.controller_cidrs : can(cidrhost(c, 0)) && !strcontains(c, ":") && c != "0.0.0.0/0"])
+    error_message = "controller_cidrs must list IPv4 CIDR blocks of the controller (not 0.0.0.0/0), e.g. 198.51.100.7/32."
+  }
+}
+
+variable "controller_ports" {
+  type        = list(number)
+  default     = [22, 5555, 5672, 6379, 15672]
+  description = "TCP ports the controller reaches on lab hosts: ssh, Flower, AMQP, Redis, the RabbitMQ management API."
+
+  validation {
+    condition     = alltrue([for p in var.controller_ports : p >= 1 && p <= 65535 && floor(p) == p])
+    error_message = "controller_ports must be TCP port numbers (1-65535)."
+  }
+}
+
 variable "vpc_cidr" {
   type        = string
   description = "IPv4 block of the cohort VPC; the lab subnet is its first /20 (4,091 usable addresses)."

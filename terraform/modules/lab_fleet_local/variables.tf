@@ -13,7 +13,7 @@ variable "network" {
     cidr    = string
     gateway = string
   })
-  description = "The cohort's bridge, its /24 and the gateway address (also the apt proxy), allocated by labkit."
+  description = "The cohort's bridge, its /24 and the gateway address (also the package service), allocated by labkit."
   validation {
     condition     = can(cidrhost(var.network.cidr, 1)) && length(var.network.bridge) <= 15
     error_message = "network.cidr must be a CIDR block and network.bridge an interface name of at most 15 characters."
@@ -38,11 +38,11 @@ variable "labkit_command" {
 
 variable "ssh_private_key_file" {
   type        = string
-  description = "Controller key authorized for root on every lab host (its .pub must exist beside it)."
+  description = "Controller key authorized for the admin user on every lab host (its .pub must exist beside it)."
 }
 
 variable "ssh_user" {
   type        = string
-  default     = "root"
+  default     = "admin"
   description = "User Ansible and the graders connect as."
 }

@@ -62,7 +62,7 @@ def roster(tmp_path: Path):
 def test_up_refuses_before_terraform_runs(session: boto3.Session, roster, tmp_path: Path) -> None:
     bad = dataclasses.replace(
         roster,
-        aws=dataclasses.replace(roster.aws, ami="ami-00000000000000dead"),
+        aws=dataclasses.replace(roster.aws, ami="ami-0000000000000dead"),
         students=(*roster.students[:2], Student(id="s002", name="x", ssh_public_key="ssh-rsa AAAA")),
     )
     terraform = FakeTerraform()

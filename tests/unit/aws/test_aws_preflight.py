@@ -40,7 +40,7 @@ def test_arm_instance_types_get_the_arm_image(session: boto3.Session, tmp_path: 
 
 
 def test_one_message_lists_quota_missing_image_and_bad_key(session: boto3.Session, tmp_path: Path) -> None:
-    roster = roster_with(tmp_path, ami="ami-00000000000000dead")
+    roster = roster_with(tmp_path, ami="ami-0000000000000dead")
     # The roster loader already rejects a malformed key; preflight checks again for rosters built in code.
     broken = Student(id="s001", name="Broken", ssh_public_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK")
     roster = dataclasses.replace(roster, students=(roster.students[0], broken, roster.students[2]))
@@ -53,7 +53,7 @@ def test_one_message_lists_quota_missing_image_and_bad_key(session: boto3.Sessio
     message = str(caught.value)
     assert "3 problem(s); nothing was created" in message
     assert "students (id 's001'): ssh_public_key: malformed SSH public key" in message
-    assert "aws.ami: ami-00000000000000dead does not exist in eu-west-1" in message
+    assert "aws.ami: ami-0000000000000dead does not exist in eu-west-1" in message
     assert "vCPU quota: the cohort needs 12 vCPUs (3 students x 2 hosts x 2 vCPUs of t3.small)" in message
     assert "quota (L-1216C47A) in eu-west-1 is 4" in message
 

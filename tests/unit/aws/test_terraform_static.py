@@ -27,7 +27,13 @@ CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 # Terraform resources AWS cannot tag at all.
 UNTAGGABLE = {"aws_route", "aws_route_table_association"}
 KIT_TAG_KEYS = {"managed_by", "cohort", "scenario", "expires_at"}
-PER_STUDENT_KEYS = ("var.students", "local.hosts", "local.ssh_rules")
+PER_STUDENT_KEYS = (
+    "var.students",
+    "local.hosts",
+    "local.ssh_rules",
+    "local.controller_rules",
+    "local.egress_rules",
+)
 CONTRACT_KEYS = ("name", "address", "student", "role", "scenario", "ssh_user", "ssh_private_key_file")
 
 
@@ -130,7 +136,7 @@ def test_per_student_resources_use_for_each_never_count() -> None:
         if rtype in {"aws_key_pair", "aws_security_group", "aws_launch_template", "aws_instance"}
         or rtype.startswith("aws_vpc_security_group_")
     }
-    assert len(per_student) == 7
+    assert len(per_student) == 9
     for key, expr in per_student.items():
         assert any(k in expr for k in PER_STUDENT_KEYS), f"{key} is not keyed by student: {expr}"
     hosts = locals_of(load(MODULE))["hosts"]
@@ -330,3 +336,27 @@ def test_checkov_passes() -> None:
     assert failed == [], "\n".join(failed)
     skipped = [c for report in reports for c in report.get("results", {}).get("skipped_checks", [])]
     assert all(c.get("suppress_comment") for c in skipped)
+
+
+def test_egress_is_limited_and_the_controller_is_the_only_outside_source_of_lab_ports() -> None:
+    parsed = load(MODULE)
+    egress = [
+        body for rtype, _, body in blocks(parsed, "resource") if rtype == "aws_vpc_security_group_egress_rule"
+    ]
+    for body in egress:
+        wide_open = str(body.get("ip_protocol")).strip('"') == "-1" and "cidr_ipv4" in body
+        assert not wide_open, f"an egress rule opens every protocol to a CIDR: {body}"
+    locals_ = locals_of(parsed)
+    ports = {v["port"] for v in locals_["egress"].values()}
+    assert ports == {80, 443, 53, 123}
+    ingress = {
+        name: body
+        for rtype, name, body in blocks(parsed, "resource")
+        if rtype == "aws_vpc_security_group_ingress_rule"
+    }
+    assert set(ingress) == {"ssh", "lab_peers", "controller"}
+    assert (
+        "var.controller_cidrs" in locals_["controller_rules"]
+        and "var.controller_ports" in locals_["controller_rules"]
+    )
+    assert "referenced_security_group_id" in ingress["lab_peers"] and "cidr_ipv4" not in ingress["lab_peers"]
