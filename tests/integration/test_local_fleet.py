@@ -396,7 +396,12 @@ def test_a_student_with_root_cannot_reach_out_of_their_lab(cohort):
         "  if pid == 0:\n   time.sleep(60); os._exit(0)\n  n += 1\nexcept OSError as e:\n print('stopped', n, e.errno, flush=True)\n"
         "os.killpg(0, signal.SIGKILL)\n"
     )
-    res = student(folder, "s01", "worker", f"cat > /tmp/bomb.py <<'EOF'\n{bomb}\nEOF\npython3 /tmp/bomb.py; echo bomb-done")
+    res = student(
+        folder,
+        "s01",
+        "worker",
+        f"cat > /tmp/bomb.py <<'EOF'\n{bomb}\nEOF\npython3 /tmp/bomb.py; echo bomb-done",
+    )
     stopped = [ln for ln in res.stdout.splitlines() if ln.startswith("stopped")]
     assert stopped and int(stopped[0].split()[1]) < 1024 and stopped[0].split()[2] == "11", (
         res.stdout + res.stderr
