@@ -106,6 +106,43 @@ def http_get(host, url: str, auth: tuple[str, str] | None = None) -> dict[str, A
     return system_python(host, _HTTP_PROBE, *args, what=f"GET {url}")
 
 
+def controller_http_get(url: str, auth: tuple[str, str] | None = None, timeout: float = 10) -> dict[str, Any]:
+    """GET ``url`` from the controller itself (a black-box probe; a password stays in this process,
+    never on a command line): {"status": int|None, "body": first bytes, "error": ...}."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return {"status": r.status, "body": r.read(200).decode(errors="replace")}
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, "body": ""}
+    except OSError as e:
+        return {"status": None, "body": "", "error": str(e)}
+
+
+def controller_redis_ping(address: str, port: int, password: str | None, timeout: float = 10) -> str:
+    """PING the lab's Redis from the controller: "PONG", or the error's first words (e.g. NOAUTH ...)."""
+    import redis
+
+    client = redis.Redis(host=address, port=port, password=password, socket_timeout=timeout,
+                         socket_connect_timeout=timeout)  # fmt: skip
+    try:
+        return "PONG" if client.ping() else "no PONG"
+    except redis.exceptions.AuthenticationError as e:
+        return f"NOAUTH {e}" if "NOAUTH" not in str(e) and "Authentication required" in str(e) else str(e)
+    except redis.exceptions.ResponseError as e:
+        return str(e)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+        return f"Could not connect: {e}"
+    finally:
+        client.close()
+
+
 def supervisor_states(host, *programs: str) -> dict[str, str]:
     """``supervisorctl status`` state per program (MISSING when supervisord does not know it)."""
     result = run(host, "supervisorctl status " + " ".join(shlex.quote(p) for p in programs), timeout=30)

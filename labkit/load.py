@@ -197,10 +197,21 @@ def run_load(
             f"against {ep.broker_address}"
         )
 
+    # Locust sometimes never exits after its run (a greenlet stuck in the result backend's pubsub at
+    # shutdown, seen with 15 labs at once): past run time + grace it is ended, and its stats still count.
+    deadline_s = duration_seconds(run_time) + LOAD_GRACE_S
     while running:
         for sid, (proc, student_dir, started, log) in list(running.items()):
             if proc.poll() is None:
-                continue
+                if time.monotonic() - started < deadline_s:
+                    continue
+                out(f"load {sid}: locust still running {deadline_s:.0f} s after start; ending it (pid {proc.pid})")
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
             log.close()
             del running[sid]
             stats_csv = student_dir / "load_stats.csv"
@@ -215,6 +226,22 @@ def run_load(
             out(f"load {sid}: finished: {_format_summary(summaries[sid])}")
         time.sleep(0.2)
     return {sid: summaries[sid] for sid in wanted}
+
+
+LOAD_GRACE_S = 60.0
+
+
+def duration_seconds(text: str) -> float:
+    """Locust's -t syntax (20s, 1m30s, 2h) in seconds."""
+    import re
+
+    total, found = 0.0, False
+    for value, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", str(text)):
+        total += float(value) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit]
+        found = True
+    if not found:
+        raise LoadError(f"run_time {text!r} is not a duration like 20s or 1m30s")
+    return total
 
 
 def _finish(

@@ -158,3 +158,33 @@ def test_load_records_failures_when_nothing_consumes(redis_url, tmp_path):
     assert "greenlet is being finalized" not in stderr
     failures = (tmp_path / "load_failures.csv").read_text()
     assert "TimeoutError" in failures or "timed out" in failures
+
+
+def test_a_locust_that_never_exits_is_ended_after_its_run_and_its_stats_kept(tmp_path, monkeypatch):
+    """Seen with 15 labs at once: locust wrote its stats, then hung at exit. The load step must end."""
+    from labkit import load
+
+    stuck = tmp_path / "stuck_locust.py"
+    stuck.write_text(
+        "import sys, time\nprefix = sys.argv[sys.argv.index('--csv') + 1]\n"
+        "open(prefix + '_stats.csv', 'w').write('Type,Name,Request Count,Failure Count,Median Response Time,"
+        "Average Response Time,Requests/s\\n,Aggregated,40,0,5,6,2.0\\n')\n"
+        "time.sleep(600)\n"
+    )
+    monkeypatch.setattr(
+        load, "locust_command", lambda _s, prefix, *_a: [sys.executable, str(stuck), "--csv", str(prefix)]
+    )
+    monkeypatch.setattr(load, "LOAD_GRACE_S", 2.0)
+    roster = Roster(
+        path=tmp_path / "cohort.yml", cohort="unit", scenario=SCENARIO, target="local",
+        students=(Student(id="s01", name="Ada", ssh_public_key="ssh-ed25519 AAAA"),),
+    )  # fmt: skip
+    lines: list[str] = []
+    t0 = time.monotonic()
+    summaries = run_load(
+        roster, out=lines.append, users=1, spawn_rate=1, run_time="1s", reports_dir=tmp_path / "reports",
+        endpoints=lambda _roster, _student: LabEndpoints("redis://x", "redis://x", "127.0.0.1"),
+    )  # fmt: skip
+    assert time.monotonic() - t0 < 30
+    assert summaries["s01"]["requests"] == 40 and summaries["s01"]["failures"] == 0
+    assert any("s01" in ln and "still running" in ln and "ending it" in ln for ln in lines), lines
