@@ -129,7 +129,7 @@ def controller_redis_ping(address: str, port: int, password: str | None, timeout
     """PING the lab's Redis from the controller: "PONG", or the error's first words (e.g. NOAUTH ...)."""
     import redis
 
-    client = redis.Redis(host=address, port=port, password=password, socket_timeout=timeout,
+    client = redis.Redis(host=address, port=port, password=password, socket_timeout=timeout, protocol=2,
                          socket_connect_timeout=timeout)  # fmt: skip
     try:
         return "PONG" if client.ping() else "no PONG"
