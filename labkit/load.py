@@ -205,7 +205,9 @@ def run_load(
             if proc.poll() is None:
                 if time.monotonic() - started < deadline_s:
                     continue
-                out(f"load {sid}: locust still running {deadline_s:.0f} s after start; ending it (pid {proc.pid})")
+                out(
+                    f"load {sid}: locust still running {deadline_s:.0f} s after start; ending it (pid {proc.pid})"
+                )
                 proc.terminate()
                 try:
                     proc.wait(timeout=10)
