@@ -152,6 +152,27 @@ def remove(name: str) -> list[str]:
     return left
 
 
+def systemd_manages_cgroups() -> bool:
+    """True on a controller booted with systemd (a stock Debian 12): there, systemd-run makes the host's group."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def systemd_scope(unit: str, limits: Limits) -> list[str]:
+    """Command prefix that runs nspawn in a transient scope with the host's limits, delegated to the host's
+    systemd, and the same closed device list (not exercised on the kit's own machines, which have no systemd)."""
+    allow = {"c 1:3": "/dev/null", "c 1:5": "/dev/zero", "c 1:7": "/dev/full", "c 1:8": "/dev/random",
+             "c 1:9": "/dev/urandom", "c 5:0": "/dev/tty", "c 5:1": "/dev/console", "c 5:2": "/dev/ptmx"}  # fmt: skip
+    devices = [f"--property=DeviceAllow={path} rwm" for path in allow.values()] + [
+        "--property=DeviceAllow=char-pts rwm"
+    ]
+    return [
+        "systemd-run", "--scope", "--quiet", "--collect", f"--unit={unit}",
+        "--property=Delegate=yes", f"--property=MemoryMax={limits.memory_bytes}", "--property=MemorySwapMax=0",
+        f"--property=TasksMax={limits.tasks}", f"--property=CPUWeight={limits.cpu_weight}",
+        "--property=DevicePolicy=closed", *devices, "--",
+    ]  # fmt: skip
+
+
 def usage(name: str) -> dict[str, int]:
     """Current memory (bytes) and task count of a host, for status and tests."""
     groups = host_groups(name)

@@ -371,12 +371,19 @@ def boot_host(
     _wire_netns(spec, out)
     extra: list[str] = []
     groups: dict[str, Path] = {}
+    scope: list[str] = []
     if userns is not None:
         extra = [f"--private-users={userns}:{USERNS_SIZE}", "--private-users-ownership=chown"]
-        groups = cgroups.create(f"{cohort}/{name}", limits or resources(spec["scenario"], spec["role"]))
+        host_limits = limits or resources(spec["scenario"], spec["role"])
+        if cgroups.systemd_manages_cgroups():
+            # A controller booted with systemd owns the cgroup tree: ask it for a delegated scope with the limits.
+            scope = cgroups.systemd_scope(f"labkit-{cohort}-{name}", host_limits)
+        else:
+            groups = cgroups.create(f"{cohort}/{name}", host_limits)
     with open(state / "console.log", "ab") as log:
         proc = subprocess.Popen(
             [
+                *scope,
                 # nspawn starts inside the host's network namespace, which belongs to the controller's user
                 # namespace: root in the host has no network privilege there (no address, route, firewall or
                 # MAC change, no raw socket), so it cannot spoof or sniff a classmate.
