@@ -95,64 +95,63 @@ class Network:
         return ipaddress.ip_network(self.cidr).prefixlen
 
 
-def allocate_network(cohort: str) -> Network:
-    """The cohort's /24, kept in a machine-wide registry so cohorts never overlap."""
-    registry = paths.STATE_DIR / "subnets.json"
-    with images.file_lock(paths.STATE_DIR / ".subnets.lock"):
-        taken = json.loads(registry.read_text()) if registry.is_file() else {}
-        if cohort not in taken:
-            used = set(taken.values())
-            free = next((i for i in range(1, 255) if i not in used), None)
-            if free is None:
-                raise RuntimeError("all 254 local cohort subnets are in use; tear a cohort down first")
-            taken[cohort] = free
-            registry.write_text(json.dumps(taken, indent=2, sort_keys=True))
-        index = taken[cohort]
-    net = list(SUBNET_POOL.subnets(new_prefix=24))[index]
-    return Network(cohort=cohort, bridge=bridge_name(cohort), cidr=str(net), gateway=str(net[1]))
-
-
-def release_network(cohort: str) -> None:
-    registry = paths.STATE_DIR / "subnets.json"
-    with images.file_lock(paths.STATE_DIR / ".subnets.lock"):
-        if registry.is_file():
-            taken = json.loads(registry.read_text())
-            if taken.pop(cohort, None) is not None:
-                registry.write_text(json.dumps(taken, indent=2, sort_keys=True))
-
-
-def allocate_userns(key: str) -> int:
-    """First uid of the host's user namespace range, kept in a machine-wide registry (never shared)."""
-    registry = paths.STATE_DIR / "userns.json"
-    with images.file_lock(paths.STATE_DIR / ".userns.lock"):
-        taken = json.loads(registry.read_text()) if registry.is_file() else {}
+def _claim_slot(registry: str, key: str, slots: range, what: str) -> int:
+    """The slot of ``key`` in a machine-wide JSON registry under STATE_DIR (taken once, then kept): the
+    lowest free one of ``slots``. Under a file lock, written atomically."""
+    path = paths.STATE_DIR / f"{registry}.json"
+    with images.file_lock(paths.STATE_DIR / f".{registry}.lock"):
+        taken = json.loads(path.read_text()) if path.is_file() else {}
         if key not in taken:
             used = set(taken.values())
-            free = next((i for i in range(USERNS_MAX_INDEX) if i not in used), None)
+            free = next((i for i in slots if i not in used), None)
             if free is None:
-                raise RuntimeError(
-                    "no free user namespace range left on this machine; tear a cohort down first"
-                )
+                raise RuntimeError(f"{what}; tear a cohort down first")
             taken[key] = free
-            _atomic_write(registry, json.dumps(taken, indent=2, sort_keys=True))
-        return USERNS_FIRST + USERNS_SIZE * taken[key]
+            _atomic_write(path, json.dumps(taken, indent=2, sort_keys=True))
+        return taken[key]
 
 
-def release_userns(prefix: str) -> None:
-    """Free the ranges of every host whose key starts with ``prefix`` (``cohort/`` or ``cohort/host``)."""
-    registry = paths.STATE_DIR / "userns.json"
-    with images.file_lock(paths.STATE_DIR / ".userns.lock"):
-        if registry.is_file():
-            taken = json.loads(registry.read_text())
-            kept = {k: v for k, v in taken.items() if not (k == prefix or k.startswith(prefix + "/"))}
+def _release_slots(registry: str, prefix: str, nested: bool = False) -> None:
+    """Free ``prefix``'s slot (and with ``nested`` every ``prefix/...`` key) in a registry."""
+    path = paths.STATE_DIR / f"{registry}.json"
+    with images.file_lock(paths.STATE_DIR / f".{registry}.lock"):
+        if path.is_file():
+            taken = json.loads(path.read_text())
+            kept = {
+                k: v for k, v in taken.items() if not (k == prefix or (nested and k.startswith(prefix + "/")))
+            }
             if kept != taken:
-                _atomic_write(registry, json.dumps(kept, indent=2, sort_keys=True))
+                _atomic_write(path, json.dumps(kept, indent=2, sort_keys=True))
 
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def allocate_network(cohort: str) -> Network:
+    """The cohort's /24, kept in a machine-wide registry so cohorts never overlap."""
+    index = _claim_slot("subnets", cohort, range(1, 255), "all 254 local cohort subnets are in use")
+    net = list(SUBNET_POOL.subnets(new_prefix=24))[index]
+    return Network(cohort=cohort, bridge=bridge_name(cohort), cidr=str(net), gateway=str(net[1]))
+
+
+def release_network(cohort: str) -> None:
+    _release_slots("subnets", cohort)
+
+
+def allocate_userns(key: str) -> int:
+    """First uid of the host's user namespace range, kept in a machine-wide registry (never shared)."""
+    index = _claim_slot(
+        "userns", key, range(USERNS_MAX_INDEX), "no free user namespace range left on this machine"
+    )
+    return USERNS_FIRST + USERNS_SIZE * index
+
+
+def release_userns(prefix: str) -> None:
+    """Free the ranges of every host whose key is ``prefix`` or starts with ``prefix/`` (a cohort or a host)."""
+    _release_slots("userns", prefix, nested=True)
 
 
 def resources(scenario: str, role: str) -> cgroups.Limits:
@@ -315,19 +314,17 @@ def host_up(spec: dict, out: Out = print) -> None:
     state = host_state(spec["cohort"], spec["name"])
     record = state / "initialized"
     if record.is_file():
-        lower = json.loads(record.read_text()).get("lowerdirs") or [str(images.ensure_base_image(out))]
+        made = json.loads(record.read_text())
+        lower = made.get("lowerdirs") or [str(images.ensure_base_image(out))]
+        spec = {**spec, "userns_base": made.get("userns_base")}
     else:
         from labkit.scenario import load_scenario
 
         comps = bake.components(load_scenario(spec["scenario"]).data["topology"][spec["role"]])
         key = bake.ensure_baked([comps], out)[",".join(comps)]
         lower = bake.lowerdirs(key)
-        spec = {**spec, "bake_key": key, "components": comps}
-    if record.is_file():
-        userns = json.loads(record.read_text()).get("userns_base")
-    else:
         userns = allocate_userns(f"{spec['cohort']}/{spec['name']}")
-    spec = {**spec, "userns_base": userns}
+        spec = {**spec, "bake_key": key, "components": comps, "userns_base": userns}
     limits = resources(spec["scenario"], spec["role"])
     boot_host(spec, state, lower, images.ensure_wheelhouse(out), out, limits=limits)
 
