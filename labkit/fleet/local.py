@@ -463,8 +463,11 @@ def _wire_netns(spec: dict, out: Out = print) -> None:
 
 def _wait_for_ssh(spec: dict, state: Path, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     known = state / "known_hosts"
-    hostkey = (state / "root/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
-    known.write_text(f"{spec['address']} {hostkey[0]} {hostkey[1]}\n")
+    if not known.is_file():
+        # Read once, at first boot, from the key the kit just made. Later the host's disk is the student's: a
+        # re-read would follow whatever they put there (a symlink resolves on the controller) and re-pin it.
+        hostkey = (state / "root/etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        known.write_text(f"{spec['address']} {hostkey[0]} {hostkey[1]}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -229,10 +229,17 @@ def test_solved_student_scores_full_marks_and_unsolved_fails_exactly_the_flaws(c
     assert all(r["changed"] == 0 for r in again.values()), again
     # A host that died (controller reboot, OOM) comes back on its kept disk with `fleet up`.
     crashed = f"{COHORT}-s02-worker"
+    pinned = (folder / "known_hosts").read_text()
+    # The student points their host key file at a controller file before the reboot: the controller must keep
+    # the key it pinned at first boot, not read through the symlink.
+    res = ssh_as(folder, "s02", folder / "keys/s02", crashed,
+                 "sudo ln -sf /etc/hostname /etc/ssh/ssh_host_ed25519_key.pub && echo linked")  # fmt: skip
+    assert "linked" in res.stdout, res.stderr
     stop_pid(nspawn_pids([crashed])[crashed], timeout=30)
     assert local.host_status(COHORT, crashed) == "stopped"
     labkit("fleet", "up", str(folder), env=env)
     assert local.host_status(COHORT, crashed) == "running"
+    assert (folder / "known_hosts").read_text() == pinned
     # site.yml must keep the recorded solution, not revert it, and find the rebooted host converged.
     assert all(r["changed"] == 0 for r in recap(labkit("provision", str(folder), env=env)).values())
 
