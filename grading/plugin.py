@@ -12,6 +12,11 @@ scenario's rubric, and gives it these fixtures:
                 credentials, reports dir)
 - ``host``      a testinfra host for the role the check's rubric entry names
 - ``host_for``  ``host_for("worker")`` -> a testinfra host for another role of the same lab
+- ``grader``    the grader's own producer and result reader on the controller (:mod:`grading.client`)
+
+A check the grader could not run because its own identity was refused (a changed password, a removed key) is
+recorded with outcome ``locked out``; a host or service that did not answer, ``unreachable``; both count as not
+passed, and the report says which.
 
 Every result becomes a record (cohort, student, scenario, host, check id, title, weight,
 passed, hint, detail) written to ``--grades-json``; the same fields are JUnit properties.
@@ -29,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
+from grading.facts import GraderLockedOut, LabUnreachable
 from labkit import paths
 from labkit.scenario import Scenario, ScenarioError, load_scenario
 
@@ -97,6 +103,7 @@ class CohortContext:
     reports_base: Path
     connection: str
     _hosts: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ssh_config(self) -> Path:
@@ -127,9 +134,25 @@ class CohortContext:
             raise LookupError(f"{self.ssh_config} not found; it is written when the cohort is provisioned")
         name = entry["name"]
         if name not in self._hosts:
-            self._hosts[name] = testinfra.get_host(
-                f"ssh://{name}?timeout=20&sudo=true", ssh_config=str(self.ssh_config)
-            )
+            host = testinfra.get_host(f"ssh://{name}?timeout=20&sudo=true", ssh_config=str(self.ssh_config))
+            probe = host.run("true")
+            if probe.rc != 0:
+                err = (probe.stderr or "").strip()[-200:]
+                if any(
+                    s in err
+                    for s in (
+                        "Permission denied",
+                        "password is required",
+                        "not in the sudoers",
+                        "Host key verification failed",
+                        "REMOTE HOST IDENTIFICATION",
+                    )
+                ):
+                    raise GraderLockedOut(
+                        f"the grader's login to {name} (admin, key, sudo) was refused: {err}"
+                    )
+                raise LabUnreachable(f"{name} did not answer ssh: {err or f'exit {probe.rc}'}")
+            self._hosts[name] = host
         return self._hosts[name]
 
 
@@ -146,11 +169,7 @@ def _read_cohort_file(folder: Path) -> dict[str, Any]:
 
 def _load_scenario(name: str, scenarios_dir: str | None) -> Scenario:
     try:
-        if scenarios_dir is None:
-            return load_scenario(name)
-        folder = Path(scenarios_dir) / name
-        data = yaml.safe_load((folder / "scenario.yml").read_text())
-        return Scenario(name=name, folder=folder, data=data)
+        return load_scenario(name, Path(scenarios_dir) if scenarios_dir else None)
     except (OSError, ScenarioError) as exc:
         raise pytest.UsageError(f"scenario {name!r}: {exc}") from exc
 
@@ -202,6 +221,16 @@ class Lab:
     folder: Path
     hosts: dict[str, dict[str, Any]]
     reports: Path
+    memo: dict[str, Any] = field(default_factory=dict)  # facts measured once per grading run of this lab
+
+    def endpoint(self, component: str) -> str:
+        """Address of the host running ``component`` (rabbitmq, redis, flower, celery_workers) in this lab."""
+        found = self.scenario.endpoints(self.addresses).get(component)
+        if not found:
+            raise LookupError(
+                f"no host of {self.student}'s lab runs {component} (scenario {self.scenario.name})"
+            )
+        return found
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -295,6 +324,8 @@ def _record_fields(config: pytest.Config, item: pytest.Item, check_id: str, stud
         "title": entry.get("title", check_id),
         "weight": entry.get("weight", 1),
         "passed": None,
+        "outcome": None,
+        "precondition": not entry.get("weight", 1),
         "hint": entry.get("hint", ""),
         "detail": "",
         "nodeid": item.nodeid,
@@ -342,11 +373,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     record["duration"] = round(record["duration"] + report.duration, 3)
     if report.failed or report.skipped:
         if record["passed"] is not False:
-            prefix = "" if report.when == "call" else f"{report.when} error: "
-            record["detail"] = prefix + short_detail(call.excinfo, report.longrepr)
+            error = call.excinfo.value if call.excinfo else None
+            if isinstance(error, GraderLockedOut | LabUnreachable):
+                record["outcome"] = "locked out" if isinstance(error, GraderLockedOut) else "unreachable"
+                record["detail"] = f"grader {record['outcome']}: {error}"[:DETAIL_LIMIT]
+            else:
+                prefix = "" if report.when == "call" else f"{report.when} error: "
+                record["detail"] = prefix + short_detail(call.excinfo, report.longrepr)
+                record["outcome"] = "failed"
         record["passed"] = False
     elif report.when == "call" and record["passed"] is None:
         record["passed"] = True
+        record["outcome"] = "passed"
     if report.when == "teardown" and record["passed"] is None:
         record["passed"] = False
         record["detail"] = record["detail"] or "did not run"
@@ -393,7 +431,16 @@ class LabFixtures:
             folder=ctx.folder,
             hosts=hosts,
             reports=ctx.reports_base / lab_student,
+            memo=ctx.memo.setdefault(lab_student, {}),
         )
+
+    @pytest.fixture
+    def grader(self, lab: Lab):
+        from grading.client import GraderClient
+
+        client = GraderClient.for_lab(lab)
+        yield client
+        client.close()
 
     @pytest.fixture
     def host_for(self, request: pytest.FixtureRequest, lab: Lab) -> Callable[[str], Any]:

@@ -1,9 +1,9 @@
-"""Helpers checks use to look at a lab host through testinfra.
+"""Helpers checks use to run commands on a lab host (testinfra over ssh, as the admin with sudo) and to probe lab
+services from the controller.
 
-Everything runs ON the lab host (as root, through the admin's sudo over ssh), so a check sees what the student's own
-host sees; nothing needs a route from the controller to lab services. Every remote
-command is bounded by coreutils ``timeout``, so a dead broker fails a check instead of
-hanging the grading run.
+Facts are read on the host with become; behaviour is probed from the controller (see grading.client). The student's
+app is run only to publish through its own routing, as the workers' unprivileged user. Every remote command is
+bounded by coreutils ``timeout``, so a dead broker fails a check instead of hanging the grading run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Any
 # exercised against a local worker (tests with --lab-connection local).
 APP_DIR = os.environ.get("LABKIT_LAB_APP_DIR", "/srv/celery-lab/app")
 VENV_PYTHON = os.environ.get("LABKIT_LAB_PYTHON", "/srv/celery-lab/venv/bin/python")
+# The unprivileged user the workers run as: the student's app is only ever run as this user, never as root.
+APP_USER = os.environ.get("LABKIT_LAB_APP_USER", "celery")
 # How long `celery inspect` waits for worker replies (a broadcast has no reply count to stop at).
 INSPECT_TIMEOUT = float(os.environ.get("LABKIT_INSPECT_TIMEOUT", "3"))
 
@@ -53,14 +55,6 @@ def json_from_output(result, what: str) -> Any:
             f"{what}: unexpected output (exit {result.rc}): {_tail(lines[-1])}; "
             f"stderr: {_tail(result.stderr)}"
         ) from None
-
-
-def app_python(host, snippet: str, *args: str, timeout: int = 60, what: str = "lab app") -> Any:
-    """Run ``snippet`` with the lab venv's python in the app folder (so labapp and its
-    celeryconfig are the student's own) and return the JSON it prints last."""
-    argv = " ".join(shlex.quote(a) for a in args)
-    command = f"cd {APP_DIR} && {VENV_PYTHON} -c {shlex.quote(snippet)} {argv}"
-    return json_from_output(run(host, command, timeout=timeout), what)
 
 
 def system_python(host, snippet: str, *args: str, timeout: int = 30, what: str = "probe") -> Any:
@@ -158,72 +152,32 @@ def supervisor_states(host, *programs: str) -> dict[str, str]:
     return states
 
 
-_INSPECT = r"""
-import json, sys
-from labapp.tasks import app
-inspector = app.control.inspect(timeout=float(sys.argv[1]))
-print(json.dumps({m: getattr(inspector, m)() or {} for m in sys.argv[2:]}, default=str))
+_PRODUCER = r"""
+import importlib, json, sys
+plan = json.loads(sys.argv[1])
+module = importlib.import_module(plan["module"])
+app = module.app
+sent = 0
+for send in plan["sends"]:
+    task = app.tasks[send["task"]]
+    for task_id in send["ids"]:
+        task.apply_async(tuple(send.get("args", ())), task_id=task_id, countdown=send.get("countdown"),
+                         expires=send.get("expires", 300))
+        sent += 1
+print(json.dumps({"sent": sent}))
 """
 
 
-def inspect_workers(host, *methods: str, timeout: float | None = None) -> dict[str, dict[str, Any]]:
-    """``celery inspect <method>`` replies by method, then worker name, run with the lab's own app."""
-    timeout = INSPECT_TIMEOUT if timeout is None else timeout
-    return app_python(
-        host,
-        _INSPECT,
-        str(timeout),
-        *methods,
-        timeout=int(timeout * len(methods)) + 40,
-        what="celery inspect",
-    )
+def student_producer(host, module: str, sends: list[dict[str, Any]], timeout: int = 60) -> int:
+    """Publish tasks through the student's own app and its routing (a producer-side setting), as the workers'
+    unprivileged user on ``host``; the ids are the grader's. Returns how many were sent.
 
-
-_ROUND_TRIP = r"""
-import json, sys
-from celery import chain
-from labapp import tasks
-
-kind, wait = sys.argv[1], float(sys.argv[2])
-
-
-def routed(name):
-    try:
-        queue = tasks.app.amqp.router.route({}, name, (), {})["queue"]
-        return getattr(queue, "name", str(queue))
-    except Exception as exc:
-        return f"? ({type(exc).__name__}: {exc})"
-
-
-out = {"routes": {n: routed(n) for n in ("labapp.tasks.crunch", "labapp.tasks.notify")}}
-if kind == "heavy":
-    result = tasks.crunch.apply_async((0.01,), expires=120)
-elif kind == "light":
-    result = tasks.notify.apply_async(("grader",), expires=120)
-else:
-    result = chain(tasks.crunch.s(0.01), tasks.notify.s()).apply_async()
-try:
-    out["result"] = result.get(timeout=wait)
-    out["ok"] = True
-except Exception as exc:
-    out["ok"] = False
-    out["error"] = f"{type(exc).__name__}: {exc}"
-    # Nobody took it in time: revoke the whole chain so a worker fixed later drops it.
-    pending = result
-    while pending is not None:
-        try:
-            pending.revoke()
-        except Exception:
-            pass
-        pending = pending.parent
-print(json.dumps(out, default=str))
-"""
-
-
-def round_trip(host, kind: str, wait: float = 10.0) -> dict[str, Any]:
-    """Publish ``kind`` (heavy: crunch, light: notify, chain: crunch -> notify) with the
-    student's own app and routes on ``host``; wait up to ``wait`` s for the result.
-
-    Returns {"ok", "result" or "error", "routes": {task name: queue task_routes picks}}.
+    What the app prints is never evidence: a check reads where the messages went from the broker.
     """
-    return app_python(host, _ROUND_TRIP, kind, str(wait), timeout=int(wait) + 40, what=f"{kind} round trip")
+    plan = json.dumps({"module": module, "sends": sends})
+    command = (
+        f"cd {APP_DIR} && runuser -u {shlex.quote(APP_USER)} -- env PYTHONPATH={APP_DIR} "
+        f"{VENV_PYTHON} -c {shlex.quote(_PRODUCER)} {shlex.quote(plan)}"
+    )
+    out = json_from_output(run(host, command, timeout=timeout), "publishing through the lab's app")
+    return int(out.get("sent", 0))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from labkit import paths
 from labkit.roster import Roster, RosterError, load_roster
+from labkit.scenario import ScenarioError
 
 
 def _say(msg: str) -> None:
@@ -22,10 +23,13 @@ def _roster(folder: str) -> Roster:
 
 
 def cmd_validate(args) -> int:
-    r = _roster(args.cohort)
+    from labkit.scenario import load_scenario
+
+    r = _roster(args.cohort)  # also checks the scenario it names (schema, checks, solution, mutants)
+    s = load_scenario(r.scenario)
     _say(
-        f"{r.path}: valid: cohort {r.cohort}, scenario {r.scenario}, target {r.target}, "
-        f"{len(r.students)} student(s)"
+        f"{r.path}: valid: cohort {r.cohort}, scenario {r.scenario} ({len(s.rubric)} checks, "
+        f"{len(s.mutants)} mutants), target {r.target}, {len(r.students)} student(s)"
     )
     return 0
 
@@ -65,11 +69,13 @@ def cmd_fleet_local(args) -> int:
     return 0
 
 
-def _playbook(folder: Path, playbook: str, limit: str | None = None, label: str = "") -> int:
+def _playbook(
+    folder: Path, playbook: str, limit: str | None = None, label: str = "", extravars: dict | None = None
+) -> int:
     from labkit.ansible import run_playbook
 
     t0 = time.monotonic()
-    res = run_playbook(folder, playbook, limit=limit, out=_say, label=label or playbook)
+    res = run_playbook(folder, playbook, limit=limit, extravars=extravars, out=_say, label=label or playbook)
     summary = ", ".join(f"{h}={n}" for h, n in sorted(res.changed.items()) if n) or "none"
     _say(
         f"{label or playbook}: {res.status} in {time.monotonic() - t0:.0f} s; "
@@ -91,8 +97,17 @@ def cmd_solve(args) -> int:
 
     for sid in args.student:
         r.student(sid)
+    mutant = getattr(args, "mutant", None)
+    if mutant:
+        from labkit.scenario import load_scenario
+
+        load_scenario(r.scenario).mutant(mutant)  # an unknown name is refused before any host is touched
     limit = ",".join(group_name("student", s) for s in args.student)
-    return _playbook(r.folder, "solve.yml", limit, f"solve ({', '.join(args.student)})")
+    what = f"mutant {mutant}" if mutant else "solution"
+    return _playbook(
+        r.folder, "solve.yml", limit, f"solve: {what} ({', '.join(args.student)})",
+        extravars={"labkit_mutant": mutant} if mutant else None,
+    )  # fmt: skip
 
 
 def cmd_load(args) -> int:
@@ -126,7 +141,12 @@ def cmd_demo(args) -> int:
     steps = [
         ("fleet up", lambda: _fleet_engine(r).up(r, _say)),
         ("provision", lambda: _playbook(r.folder, "site.yml", None, "provision (site.yml)")),
-        ("solve", lambda: cmd_solve(argparse.Namespace(cohort=args.cohort, student=[r.students[0].id]))),
+        (
+            "solve",
+            lambda: cmd_solve(
+                argparse.Namespace(cohort=args.cohort, student=[r.students[0].id], mutant=None)
+            ),
+        ),
         ("load", lambda: cmd_load(argparse.Namespace(cohort=args.cohort, student=None))),
         ("grade", lambda: cmd_grade(argparse.Namespace(cohort=args.cohort, student=None))),
     ]
@@ -180,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     fll.set_defaults(func=cmd_fleet_local)
     sp = cohort_cmd("provision", cmd_provision, "configure the labs (ansible-playbook playbooks/site.yml)")
     sp.add_argument("--limit", help="Ansible host pattern, e.g. student_s01")
-    sp = cohort_cmd("solve", cmd_solve, "apply the scenario's reference solution to students")
+    sp = cohort_cmd("solve", cmd_solve, "apply the scenario's reference solution (or a mutant) to students")
     sp.add_argument("--student", action="append", required=True, help="student id (repeatable)")
+    sp.add_argument("--mutant", help="apply this near-miss solution instead (scenario.yml mutants)")
     sp = cohort_cmd("load", cmd_load, "drive each lab with the scenario's Locust load profile")
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
     sp = cohort_cmd("grade", cmd_grade, "run the checks; write JUnit, JSON, CSV and HTML reports")
@@ -209,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyError as exc:
         print(f"labkit: unknown {exc}", file=sys.stderr)
+        return 2
+    except ScenarioError as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
         return 2
     except (RuntimeError, OSError) as exc:
         print(f"labkit: {exc}", file=sys.stderr)

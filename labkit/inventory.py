@@ -94,10 +94,13 @@ def build_inventory(
     by_student: dict[str, dict[str, dict]] = {}
     for h in lab_hosts:
         by_student.setdefault(h["student"], {})[h["role"]] = h
+    from labkit.scenario import load_scenario
+
+    scenario = load_scenario(roster.scenario, strict=False)
     for h in sorted(lab_hosts, key=lambda x: x["name"]):
         student = roster.student(h["student"])
         lab = by_student[h["student"]]
-        broker = lab.get("broker", h)
+        endpoints = scenario.endpoints({r: lab_address(p) for r, p in lab.items()})
         hosts[h["name"]] = {
             "ansible_host": h["address"],
             "ansible_user": h["ssh_user"],
@@ -108,7 +111,8 @@ def build_inventory(
             "lab_role": h["role"],
             "lab_address": lab_address(h),
             "lab_hostname": h["name"],
-            "lab_broker_address": lab_address(broker),
+            "lab_broker_address": endpoints.get("rabbitmq", lab_address(h)),
+            "lab_endpoints": endpoints,
             "lab_peers": {r: lab_address(p) for r, p in sorted(lab.items())},
             **(host_extra or {}).get(h["name"], {}),
         }

@@ -54,17 +54,23 @@ def lab_endpoints(roster: Roster, student: str) -> LabEndpoints:
         hosts = load_lab_hosts(roster.folder)
     except FileNotFoundError as exc:
         raise LoadError(str(exc)) from None
-    brokers = [h for h in hosts if h["student"] == student and h["role"] == "broker"]
-    if not brokers:
+    from labkit.inventory import lab_address
+
+    scenario = load_scenario(roster.scenario, strict=False)
+    lab = {h["role"]: lab_address(h) for h in hosts if h["student"] == student}
+    endpoints = scenario.endpoints(lab)
+    missing = [c for c in ("rabbitmq", "redis") if c not in endpoints]
+    if missing:
         raise LoadError(
-            f"{roster.folder / 'lab_hosts.json'}: student {student!r} has no host with role broker"
+            f"{roster.folder / 'lab_hosts.json'}: student {student!r} has no host running {', '.join(missing)} "
+            f"(scenario {scenario.name}: {scenario.data['topology']})"
         )
-    address = brokers[0]["address"]
+    address, redis_address = endpoints["rabbitmq"], endpoints["redis"]
     rabbit_pw = quote(read_credential(roster.folder, student, "rabbitmq"), safe="")
     redis_pw = quote(read_credential(roster.folder, student, "redis"), safe="")
     return LabEndpoints(
         broker_url=f"amqp://{quote(student, safe='')}:{rabbit_pw}@{address}:5672/lab",
-        result_backend=f"redis://:{redis_pw}@{address}:6379/0",
+        result_backend=f"redis://:{redis_pw}@{redis_address}:6379/0",
         broker_address=address,
     )
 

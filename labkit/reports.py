@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-CHECK_FIELDS = ("id", "title", "host", "passed", "weight", "hint", "detail")
+CHECK_FIELDS = ("id", "title", "host", "passed", "weight", "hint", "detail", "outcome", "precondition")
 
 
 def utc_now() -> str:
@@ -67,6 +67,10 @@ def build_grades(
                     "weight": record.get("weight", entry.get("weight", 1)),
                     "hint": record.get("hint", entry.get("hint", "")),
                     "detail": record.get("detail", missing_detail) if record else missing_detail,
+                    # passed / failed / locked out (the grader's login was refused) / unreachable / not run
+                    "outcome": record.get("outcome")
+                    or ("passed" if record.get("passed") else "failed" if record else "not run"),  # fmt: skip
+                    "precondition": not float(record.get("weight", entry.get("weight", 1)) or 0),
                 }
             )
         score, total, percent = score_checks(checks)
@@ -320,7 +324,13 @@ def html_report(
         )
         out.append("<table><tr><th>check</th><th>title</th><th>host</th><th>weight</th><th>result</th></tr>")
         for c in student["checks"]:
-            result = '<span class="pass">pass</span>' if c["passed"] else '<span class="fail">FAIL</span>'
+            outcome = c.get("outcome") or ("passed" if c["passed"] else "failed")
+            label = "FAIL" if outcome == "failed" else outcome.upper()
+            result = (
+                '<span class="pass">pass</span>' if c["passed"] else f'<span class="fail">{esc(label)}</span>'
+            )
+            if c.get("precondition"):
+                result += " (precondition)"
             out.append(
                 f"<tr><td><code>{esc(c['id'])}</code></td><td>{esc(str(c['title']))}</td>"
                 f'<td>{esc(str(c["host"]))}</td><td class="num">{c["weight"]}</td><td>{result}</td></tr>'

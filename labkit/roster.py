@@ -233,6 +233,13 @@ def load_roster(folder_or_file: str | Path) -> Roster:
         problems.append(
             f"scenario: unknown scenario {scenario!r}. Fix: use one of: {', '.join(scenarios) or '(none)'}."
         )
+    else:
+        from labkit.scenario import ScenarioError, load_scenario
+
+        try:
+            load_scenario(scenario)
+        except ScenarioError as exc:
+            problems.append(f"scenario: {scenario!r} is not usable: {exc}")
 
     target = data.get("target", "local")
     if target not in TARGETS:

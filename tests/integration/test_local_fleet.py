@@ -255,7 +255,8 @@ def test_solved_student_scores_full_marks_and_unsolved_fails_exactly_the_flaws(c
     failing = sorted(c["id"] for c in s02["checks"] if not c["passed"])
     assert failing == sorted(load_scenario("queue-segregation").starting_state_fails)
     for c in s02["checks"]:
-        assert c["host"].startswith(f"{COHORT}-s02-") and c["title"] and c["weight"] > 0 and c["hint"]
+        assert c["host"].startswith(f"{COHORT}-s02-") and c["title"] and c["weight"] >= 0 and c["hint"]
+    assert s02["score"] == 0, s02  # preconditions (weight 0) pass, nothing the student must fix does
     for name in ("junit.xml", "gradebook.csv", "index.html"):
         assert (reports / name).stat().st_size > 0
     csv_rows = (reports / "gradebook.csv").read_text().splitlines()

@@ -1,4 +1,8 @@
-"""Broker host: RabbitMQ, Redis and Flower as the lab needs them."""
+"""Checks every scenario with these components shares (import them into a scenario's checks/ module).
+
+They check the kit's own infrastructure, so in a scenario they are preconditions (weight 0): they pass in the
+starting state, and a student who breaks them sees why the other checks fail.
+"""
 
 from __future__ import annotations
 
@@ -31,17 +35,17 @@ def test_broker_ready(host, lab):
         f"user {lab.student!r} has no permissions on vhost 'lab' (users with some: {perms})"
     )
     open_local, _ = tcp_open(host, "127.0.0.1", 15672)
-    open_lab, error = tcp_open(host, lab.address("broker"), 15672)
+    open_lab, error = tcp_open(host, lab.endpoint("rabbitmq"), 15672)
     assert open_local or open_lab, f"management plugin: nothing listens on port 15672 ({error})"
 
 
 @pytest.mark.check("redis-auth")
-def test_redis_requires_password(host, lab):
+def test_redis_requires_password(lab):
     # Probed from the controller, like any client of the lab: the password never leaves this process.
-    address = lab.address("broker")
+    address = lab.endpoint("redis")
     seen = controller_redis_ping(address, 6379, None)
     assert not seen.startswith("Could not connect"), (
-        f"Redis does not answer on the lab address {address}:6379 ({seen[-200:]})"
+        f"Redis does not answer on {address}:6379 ({seen[-200:]})"
     )
     assert "NOAUTH" in seen or "Authentication required" in seen, (
         f"PING to {address}:6379 without a password must be refused (NOAUTH), got {seen[-200:]!r}"
@@ -54,7 +58,7 @@ def test_redis_requires_password(host, lab):
 def test_flower_supervised_and_protected(host, lab):
     state = supervisor_states(host, "flower")["flower"]
     assert state == "RUNNING", f"supervisorctl status flower: expected RUNNING, got {state}"
-    base = f"http://{lab.address('broker')}:5555"
+    base = f"http://{lab.endpoint('flower')}:5555"
     anonymous = controller_http_get(base + "/")
     assert anonymous["status"] == 401, (
         f"GET {base}/ without credentials: expected 401 (basic auth), "
@@ -67,4 +71,13 @@ def test_flower_supervised_and_protected(host, lab):
     authed = controller_http_get(base + "/", auth=(lab.student, lab.credential("flower")))
     assert authed["status"] == 200, (
         f"GET {base}/ as {lab.student} with the lab's flower password: expected 200, got {authed['status']}"
+    )
+
+
+@pytest.mark.check("workers-supervised")
+def test_workers_supervised(host, lab):
+    programs = [f"celery-{p['name']}" for p in lab.scenario.data.get("pools") or []]
+    states = supervisor_states(host, *programs)
+    assert all(state == "RUNNING" for state in states.values()), (
+        f"expected every worker pool RUNNING under supervisord, got {states}"
     )

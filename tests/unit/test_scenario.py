@@ -1,0 +1,102 @@
+"""The scenario schema: every real scenario passes it, each kind of mistake is named with its field and fix."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from grading.facts import _address
+from labkit import paths
+from labkit.roster import known_scenarios
+from labkit.scenario import ScenarioError, implemented_checks, load_scenario
+
+
+@pytest.mark.parametrize("name", known_scenarios())
+def test_real_scenarios_are_valid_and_graded_by_mutants(name):
+    s = load_scenario(name)
+    assert len(s.mutants) >= 2
+    ids = {e["id"] for e in s.rubric}
+    assert set(implemented_checks(s.folder)) == ids
+    for m in s.mutants:
+        assert m["must_fail"] and sorted(m["must_fail"]) != sorted(s.starting_state_fails)
+    # The untouched lab scores 0: every check it passes has weight 0.
+    assert all((e["weight"] > 0) == (e["id"] in s.starting_state_fails) for e in s.rubric)
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """A copy of queue-segregation to break, and a loader that returns the error text."""
+    shutil.copytree(paths.scenario_dir("queue-segregation"), tmp_path / "queue-segregation")
+    path = tmp_path / "queue-segregation" / "scenario.yml"
+
+    def edit(change) -> str:
+        data = yaml.safe_load(path.read_text())
+        change(data)
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ScenarioError) as exc:
+            load_scenario("queue-segregation", tmp_path)
+        return str(exc.value)
+
+    return edit
+
+
+def test_unknown_component_and_role(broken):
+    def change(d):
+        d["topology"]["worker"] = ["celery_workers", "kafka"]
+        d["rubric"][0]["role"] = "monitor"
+
+    text = broken(change)
+    assert "topology.worker: unknown components ['kafka']" in text
+    assert "rubric[0] (broker-ready): role 'monitor' is not a host role" in text
+
+
+def test_mutant_must_fail_must_be_rubric_ids_and_a_near_miss(broken):
+    def change(d):
+        d["mutants"][0]["must_fail"] = ["made-up"]
+        d["mutants"][1]["must_fail"] = list(d["starting_state_fails"])
+
+    text = broken(change)
+    assert "mutants[0] (shared-queues): must_fail ['made-up'] are not rubric ids" in text
+    assert "mutants[1] (early-ack): must_fail equals starting_state_fails" in text
+
+
+def test_unimplemented_checks(broken):
+    def change(d):
+        d["rubric"].append({"id": "new-check", "role": "worker", "weight": 1, "title": "t", "hint": "h"})
+        d["starting_state_fails"].append("new-check")
+
+    assert "rubric (new-check): no check in" in broken(change)
+
+
+def test_no_free_points(broken):
+    def change(d):
+        d["rubric"][0]["weight"] = 1
+
+    assert (
+        "rubric (broker-ready): passes in the starting state, so it is a precondition: weight must be 0"
+        in broken(change)
+    )
+
+
+def test_solution_cannot_set_wired_variables_or_unknown_roles(broken, tmp_path):
+    (tmp_path / "queue-segregation" / "solution" / "vars.yml").write_text(
+        yaml.safe_dump({"worker": {"lab_broker_address": "10.0.0.1"}, "monitor": {}})
+    )
+    text = broken(lambda d: None)
+    assert "['lab_broker_address'] are wired by the kit" in text
+    assert "'monitor' is not a host role of the topology" in text
+
+
+def test_endpoints_come_from_the_topology():
+    s = load_scenario("retries-dead-letters")
+    assert s.endpoints({"broker": "10.250.1.10", "worker": "10.250.1.11"}) == {
+        "rabbitmq": "10.250.1.10", "redis": "10.250.1.10", "flower": "10.250.1.10", "celery_workers": "10.250.1.11",
+    }  # fmt: skip
+
+
+def test_rabbitmqctl_addresses():
+    assert _address([10, 250, 1, 11]) == "10.250.1.11"
+    assert _address([0, 0, 0, 0, 0, 65535, 2810, 267]) == "10.250.1.11"  # IPv4-mapped IPv6 in 16-bit words
+    assert _address("10.1.2.3") == "10.1.2.3"
