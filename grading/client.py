@@ -1,7 +1,7 @@
 """The grader's own producer and result reader, run on the controller (no student code involved).
 
-It publishes tasks by name to a named queue with the grader's own RabbitMQ user and task ids that carry a nonce
-fresh for each grading run, and reads their outcomes straight from the lab's Redis result backend. Timings are
+It publishes tasks by name to a named queue with the grader's own RabbitMQ user and fresh random task ids (uuid4,
+like any producer's, so the lab's code cannot single out a probe), and reads their outcomes straight from the lab's Redis result backend. Timings are
 taken with the controller's clock. A refused login is :class:`GraderLockedOut`, a silent service
 :class:`LabUnreachable`: the report says so instead of "failed".
 """
@@ -12,6 +12,7 @@ import contextlib
 import json
 import secrets
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +42,7 @@ class GraderClient:
     _app: Any = None
     _redis: Any = None
     _count: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def for_lab(cls, lab) -> GraderClient:
@@ -124,8 +126,12 @@ class GraderClient:
         return queue_stats(self.broker_address, GRADER_USER, self.grader_password, self.vhost)
 
     def new_id(self, label: str) -> str:
+        """A fresh task id, indistinguishable from a producer's own (a uuid4), so the lab's code cannot tell a
+        grader's probe from real work; ``labels`` keeps what each was for."""
         self._count += 1
-        return f"grader-{self.nonce}-{label}-{self._count}"
+        task_id = str(uuid.uuid4())
+        self.labels[task_id] = f"{label}-{self._count}"
+        return task_id
 
     def send(self, task: str, queue: str, args=(), kwargs=None, label: str = "probe", **options) -> str:
         """Publish ``task`` to ``queue`` with a fresh grader id; returns the id."""

@@ -68,7 +68,7 @@ def routes(lab, host_for, grader) -> dict[str, str | None]:
     ):  # a second try, longer, if the first was too slow
         before = queue_depths(broker)
         sends = [
-            {"task": task, "args": [0.01] if task == CRUNCH else ["grader"], "countdown": countdown,
+            {"task": task, "args": [0.01] if task == CRUNCH else ["order-42"], "countdown": countdown,
              "ids": [grader.new_id("route") for _ in range(n)]}
             for task, n in PROBES.items()
         ]  # fmt: skip
@@ -211,7 +211,7 @@ def test_light_tasks_not_starved_by_heavy_burst(lab, host_for, grader):
     )
 
     def probe() -> float:
-        seconds = grader.round_trip(NOTIFY, light_q, ["latency"], timeout=10, label="latency")
+        seconds = grader.round_trip(NOTIFY, light_q, ["order-42"], timeout=10, label="latency")
         assert seconds is not None, f"a notify published to {light_q!r} got no result within 10 s"
         return seconds
 
