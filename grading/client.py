@@ -35,12 +35,12 @@ class Outcome:
 class GraderClient:
     broker_address: str
     redis_address: str
-    grader_password: str
-    redis_password: str
+    grader_password: str = field(repr=False)  # never in a traceback or a report
+    redis_password: str = field(repr=False)
     vhost: str = "lab"
     nonce: str = field(default_factory=lambda: secrets.token_hex(4))
-    _app: Any = None
-    _redis: Any = None
+    _app: Any = field(default=None, repr=False)
+    _redis: Any = field(default=None, repr=False)
     _count: int = 0
     labels: dict[str, str] = field(default_factory=dict)
 

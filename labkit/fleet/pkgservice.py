@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -144,6 +146,34 @@ def running_pid(cohort: str) -> int | None:
     return None
 
 
+def _listeners(gateway: str, port: int) -> list[int]:
+    """Pids of nginx processes still listening on ``gateway:port`` (workers whose master died keep the socket)."""
+    res = run(["ss", "-Hltnp", "sport", "=", f":{port}"], check=False, quiet=True)
+    pids = []
+    for line in (res.stdout or "").splitlines():
+        if f"{gateway}:{port}" in line:
+            for pid in re.findall(r"pid=(\d+)", line):
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/exe").resolve() == Path(NGINX).resolve():
+                        pids.append(int(pid))
+    return sorted(set(pids))
+
+
+def leftover_pids(cohort: str) -> list[int]:
+    """nginx processes still holding files of the cohort's service (workers, cache manager and loader of a master
+    that died): found by their open files, not trusted from a pid file."""
+    state, found = str(state_dir(cohort)) + "/", []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (proc / "exe").resolve() != Path(NGINX).resolve():
+                continue
+            if any(os.readlink(fd).startswith(state) for fd in (proc / "fd").iterdir()):
+                found.append(int(proc.name))
+    return sorted(found)
+
+
 def start(
     cohort: str,
     gateway: str,
@@ -155,6 +185,10 @@ def start(
     """Start the cohort's package service on ``gateway:port`` (idempotent)."""
     if running_pid(cohort):
         return
+    for orphan in sorted(
+        set(leftover_pids(cohort)) | set(_listeners(gateway, port))
+    ):  # a dead master's workers
+        stop_pid(orphan, timeout=5)
     if not Path(NGINX).exists():
         raise RuntimeError(f"{NGINX} not found. Fix: apt-get install nginx-light (make setup does it)")
     uid, gid = ensure_user()
@@ -178,6 +212,10 @@ def start(
     raise RuntimeError(f"package service did not start on {gateway}:{port}; see {state / 'error.log'}")
 
 
-def stop(cohort: str) -> bool:
+def stop(cohort: str, gateway: str | None = None, port: int = PORT) -> bool:
+    """Stop the cohort's nginx; with ``gateway``, also any worker a dead master left listening."""
     pid = running_pid(cohort)
-    return bool(pid) and stop_pid(pid, timeout=10)
+    stopped = bool(pid) and stop_pid(pid, timeout=10)
+    for orphan in sorted(set(leftover_pids(cohort)) | set(_listeners(gateway, port) if gateway else [])):
+        stopped = stop_pid(orphan, timeout=5) or stopped
+    return stopped

@@ -7,9 +7,12 @@ access per student, the grades the checks wrote, and what is left after teardown
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit.fleet import local
+from labkit.fleet import cgroups, firewall, local
 from labkit.inventory import read_inventory
 from labkit.proc import stop_pid
 from labkit.scenario import load_scenario
@@ -112,7 +115,13 @@ def test_fleet_up_is_keyed_by_student_and_idempotent(cohort):
     assert local.host_status(COHORT, f"{COHORT}-s03-worker") == "running"
     assert nspawn_pids(names) == before
     write_roster(folder, ["s01", "s02"])
-    labkit("fleet", "up", str(folder), env=env)
+    # Removing a student's hosts destroys their work: without a terminal and without --yes it is refused.
+    refused = subprocess.run([*LABKIT, "fleet", "up", str(folder)], env=env, capture_output=True, text=True,
+                             timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert refused.returncode == 2 and "--yes" in refused.stderr and f"{COHORT}-s03-worker" in refused.stderr
+    assert "- " + f"{COHORT}-s03-broker (remove)" in refused.stdout
+    assert local.host_status(COHORT, f"{COHORT}-s03-worker") == "running"
+    labkit("fleet", "up", str(folder), "--yes", env=env)
     assert local.host_status(COHORT, f"{COHORT}-s03-worker") == "stopped"
     assert not local.host_state(COHORT, f"{COHORT}-s03-broker").exists()
     assert nspawn_pids(names) == before
@@ -426,6 +435,137 @@ def test_a_student_with_root_cannot_reach_out_of_their_lab(cohort):
         for c in json.loads((reports / "grades.json").read_text())["students"]["s02"]["checks"]
     }
     assert after == before
+
+
+# ---------------------------------------------------------------- safe operations (issue: safe, visible operations)
+
+HAND_FIX = r"""
+set -e
+cd /etc/supervisor/conf.d
+sed -i -e 's/-Q celery/-Q heavy/' -e 's/--prefetch-multiplier 4/--prefetch-multiplier 1/' \
+    -e 's/LAB_ACKS_LATE="false"/LAB_ACKS_LATE="true"/' celery-heavy.conf
+sed -i -e 's/-Q celery/-Q light/' celery-light.conf
+python3 - <<'PY'
+import re
+path = "/srv/celery-lab/app/labapp/celeryconfig.py"
+text = open(path).read()
+routes = '{"labapp.tasks.crunch": {"queue": "heavy"}, "labapp.tasks.notify": {"queue": "light"}}'
+text = re.sub(r"task_routes = json[.]loads[(][^)]*[)]", lambda m: "task_routes = " + routes, text)
+open(path, "w").write(text)
+PY
+supervisorctl reread >/dev/null && supervisorctl update >/dev/null && supervisorctl restart celery-heavy celery-light >/dev/null
+echo fixed
+"""
+
+
+def _checks(reports: Path, sid: str) -> dict[str, bool]:
+    return {
+        c["id"]: c["passed"]
+        for c in json.loads((reports / "grades.json").read_text())["students"][sid]["checks"]
+    }
+
+
+def _student_files(folder: Path, sid: str) -> str:
+    res = student(folder, sid, "worker", "sudo sha1sum /etc/supervisor/conf.d/celery-*.conf "
+                  "/srv/celery-lab/app/labapp/celeryconfig.py")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def simulate_reboot(cohort: str) -> None:
+    """What a controller reboot leaves of a cohort: every process of its hosts and its package service gone, its
+    network namespaces, bridge, firewall, cgroups and overlay mounts gone; the disks (state folders) kept."""
+    state = local.cohort_state(cohort)
+    for proc_dir in Path("/proc").iterdir():
+        if proc_dir.name.isdigit():
+            with contextlib.suppress(OSError):
+                root = os.readlink(proc_dir / "root")
+                cmd = (proc_dir / "cmdline").read_bytes()
+                if root.startswith(str(state) + "/") or (
+                    b"systemd-nspawn" in cmd and str(state).encode() in cmd
+                ):
+                    os.kill(int(proc_dir.name), signal.SIGKILL)
+    left = local.cohort_leftovers(cohort)
+    for pid in left["package_service_pids"]:  # nginx's master and its workers
+        for proc_dir in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if (
+                    proc_dir.name.isdigit()
+                    and (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1] == pid
+                ):
+                    os.kill(int(proc_dir.name), signal.SIGKILL)
+        os.kill(int(pid), signal.SIGKILL)
+    time.sleep(1)
+    for ns in left["netns"]:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    for mnt in reversed(left["mounts"]):
+        subprocess.run(["umount", "-l", mnt], check=False)
+    subprocess.run(["ip", "link", "del", local.bridge_name(cohort)], check=False)
+    firewall.remove(cohort)
+    cgroups.remove(cohort)
+    assert all(
+        local.host_status(cohort, h) == "stopped" for h in (f"{cohort}-s01-broker", f"{cohort}-s02-worker")
+    )
+
+
+def test_student_work_kept_reboot_recovered_and_class_at_a_glance(cohort):
+    folder, env = cohort
+    reports = Path(env["LABKIT_REPORTS_DIR"]) / COHORT
+    # s02 fixes their lab by hand, following the handout.
+    fix = student(folder, "s02", "worker", f"sudo bash -c {shlex.quote(HAND_FIX)}")
+    assert "fixed" in fix.stdout, fix.stdout + fix.stderr
+    labkit("grade", str(folder), "--student", "s02", env=env)
+    assert all(_checks(reports, "s02").values()), _checks(reports, "s02")
+    fixed = _student_files(folder, "s02")
+
+    # A late student joins: `labkit up` makes their hosts and runs site.yml everywhere; s02's work stays.
+    write_roster(folder, ["s01", "s02", "s03"])
+    labkit("up", str(folder), env=env)
+    assert _student_files(folder, "s02") == fixed
+    write_roster(folder, ["s01", "s02"])
+    labkit("fleet", "up", str(folder), "--yes", env=env)
+
+    # The controller reboots: `labkit fleet up` brings every host back with the students' work, same grades.
+    labkit("grade", str(folder), env=env)
+    before = {s: _checks(reports, s) for s in ("s01", "s02")}
+    simulate_reboot(COHORT)
+    labkit("fleet", "up", str(folder), env=env)
+    assert all(local.host_status(COHORT, f"{COHORT}-{s}-{r}") == "running" for s in ("s01", "s02")
+               for r in ("broker", "worker"))  # fmt: skip
+    assert _student_files(folder, "s02") == fixed
+    labkit("grade", str(folder), env=env)
+    assert {s: _checks(reports, s) for s in ("s01", "s02")} == before
+
+    # The class at a glance: every host and service up, the last grade beside it; the same grid as a page.
+    grid = labkit("status", str(folder), env=env)
+    assert f"{COHORT} (queue-segregation)" in grid and "12/12 (100 %)" in grid and "down" not in grid, grid
+    assert 'http-equiv="refresh"' in (reports / "status.html").read_text()
+
+    # Reset puts s02 back to the starting state, after saying what it overwrites.
+    out = labkit("reset", str(folder), "--student", "s02", "--yes", env=env)
+    assert "overwrite /etc/supervisor/conf.d/celery-heavy.conf" in out, out
+    assert _student_files(folder, "s02") != fixed
+    assert (
+        "-Q celery" in student(folder, "s02", "worker", "cat /etc/supervisor/conf.d/celery-heavy.conf").stdout
+    )
+
+
+def test_a_class_too_large_for_this_machine_is_refused(cohort, tmp_path):
+    _, env = cohort
+    big = tmp_path / "big"
+    (big / "keys").mkdir(parents=True)
+    students = [f"s{i:02d}" for i in range(1, 41)]
+    for sid in students:
+        keygen(big / "keys" / sid)
+    (big / "cohort.yml").write_text(yaml.safe_dump({
+        "cohort": "itest-big", "scenario": "queue-segregation", "target": "local",
+        "students": [{"id": s, "ssh_public_key_file": f"keys/{s}.pub"} for s in students],
+    }))  # fmt: skip
+    proc = subprocess.run([*LABKIT, "up", str(big)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nothing was created" in proc.stderr and "Fix: at most" in proc.stderr, (
+        proc.stderr
+    )
+    assert not local.cohort_state("itest-big").exists() and not (big / "hosts.yml").exists()
 
 
 def test_no_secret_reaches_reports_or_logs(cohort):

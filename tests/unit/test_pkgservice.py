@@ -5,6 +5,7 @@ stuck mirror into an error within its deadline instead of a hang (what apt-cache
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import urllib.error
@@ -74,7 +75,7 @@ def service(tmp_path_factory, monkeypatch):
         "ptest", "127.0.0.1", out=lambda _m: None, port=port, mirrors=[mirror], upstream_timeout=3
     )
     yield f"http://127.0.0.1:{port}"
-    pkgservice.stop("ptest")
+    pkgservice.stop("ptest", "127.0.0.1", port)
     upstream.shutdown()
 
 
@@ -119,3 +120,24 @@ def test_a_stuck_mirror_is_an_error_within_the_deadline_not_a_hang(service):
     code, _ = _get(f"{service}/m0/hang/InRelease", timeout=25)
     assert code == 504
     assert time.monotonic() - t0 < 10
+
+
+def test_workers_of_a_dead_master_are_cleared_before_a_restart(service):
+    """A master killed hard (OOM, a crash) leaves its workers holding the port: start() and stop() clear them."""
+    port = int(service.rsplit(":", 1)[1])
+    master = pkgservice.running_pid("ptest")
+    workers = pkgservice._listeners("127.0.0.1", port)
+    assert master and set(workers) - {master}, workers
+    os.kill(master, signal.SIGKILL)
+    time.sleep(0.5)
+    assert pkgservice.running_pid("ptest") is None and pkgservice._listeners("127.0.0.1", port)
+    conf = (paths.STATE_DIR / "packages" / "ptest" / "nginx.conf").read_text()
+    mirror = conf.split("proxy_pass ", 1)[1].split(";", 1)[0].rsplit("/debian", 1)[0] + "/debian"
+    pkgservice.start(
+        "ptest", "127.0.0.1", out=lambda _m: None, port=port, mirrors=[mirror], upstream_timeout=3
+    )
+    assert pkgservice.running_pid("ptest") not in (None, master)
+    assert _get(service + "/nothing")[0] == 403
+    pkgservice.stop("ptest", "127.0.0.1", port)
+    time.sleep(0.5)
+    assert not pkgservice.leftover_pids("ptest") and not pkgservice._listeners("127.0.0.1", port)
