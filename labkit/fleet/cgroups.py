@@ -136,6 +136,18 @@ def enter(groups: dict[str, Path]) -> None:
         (path / "cgroup.procs").write_text(pid)
 
 
+def pids(name: str) -> list[int]:
+    """Every process in the host's (or, with a cohort name, every host's) groups, at any depth: the processes of
+    its containers even when their systemd-nspawn is gone (killed, crashed) and they were re-parented."""
+    found: set[int] = set()
+    for path in host_groups(name).values():
+        if path.exists():
+            for procs in path.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    found.update(int(x) for x in procs.read_text().split())
+    return sorted(found)
+
+
 def remove(name: str) -> list[str]:
     """Remove the host's groups, deepest first; return those that could not be removed (still busy)."""
     left = []

@@ -23,6 +23,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -569,6 +570,8 @@ def cohort_leftovers(cohort: str) -> dict[str, list[str]]:
         "bridges": [bridge_name(cohort)] if _link_exists(bridge_name(cohort)) else [],
         "mounts": mounts,
         "nspawn_pids": sorted(set(pids)),
+        # Processes of the cohort's hosts by their cgroups: found even if their nspawn died and they were re-parented.
+        "host_pids": [str(p) for p in cgroups.pids(cohort)],
         "package_service_pids": sorted(
             {str(p) for p in ([pkg] if pkg else []) + pkgservice.leftover_pids(cohort)}
         ),
@@ -584,6 +587,15 @@ def sweep(cohort: str, out: Out = print) -> dict[str, list[str]]:
     found = cohort_leftovers(cohort)
     for pid in found["nspawn_pids"]:
         stop_pid(int(pid), timeout=30)
+    # Whatever still runs in the hosts' cgroups (a container whose nspawn died) is killed outright.
+    for _ in range(50):
+        left = cgroups.pids(cohort)
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
     state = cohort_state(cohort)
     for host_dir in sorted(state.glob("hosts/*")):
         _remove_host_leftovers(cohort, host_dir.name, host_dir)

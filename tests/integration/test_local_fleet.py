@@ -475,26 +475,14 @@ def _student_files(folder: Path, sid: str) -> str:
 def simulate_reboot(cohort: str) -> None:
     """What a controller reboot leaves of a cohort: every process of its hosts and its package service gone, its
     network namespaces, bridge, firewall, cgroups and overlay mounts gone; the disks (state folders) kept."""
-    state = local.cohort_state(cohort)
-    for proc_dir in Path("/proc").iterdir():
-        if proc_dir.name.isdigit():
-            with contextlib.suppress(OSError):
-                root = os.readlink(proc_dir / "root")
-                cmd = (proc_dir / "cmdline").read_bytes()
-                if root.startswith(str(state) + "/") or (
-                    b"systemd-nspawn" in cmd and str(state).encode() in cmd
-                ):
-                    os.kill(int(proc_dir.name), signal.SIGKILL)
+    before = local.cohort_leftovers(cohort)
+    # Every process of its hosts, found by their cgroups (a container's processes live in another mount namespace:
+    # their /proc/<pid>/root reads "/"), the nspawns, and the package service's nginx master and workers.
+    victims = before["host_pids"] + before["nspawn_pids"] + before["package_service_pids"]
+    for pid in sorted({int(p) for p in victims}):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     left = local.cohort_leftovers(cohort)
-    for pid in left["package_service_pids"]:  # nginx's master and its workers
-        for proc_dir in Path("/proc").iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if (
-                    proc_dir.name.isdigit()
-                    and (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1] == pid
-                ):
-                    os.kill(int(proc_dir.name), signal.SIGKILL)
-        os.kill(int(pid), signal.SIGKILL)
     time.sleep(1)
     for ns in left["netns"]:
         subprocess.run(["ip", "netns", "del", ns], check=False)
@@ -503,6 +491,7 @@ def simulate_reboot(cohort: str) -> None:
     subprocess.run(["ip", "link", "del", local.bridge_name(cohort)], check=False)
     firewall.remove(cohort)
     cgroups.remove(cohort)
+    assert not cgroups.pids(cohort)
     assert all(
         local.host_status(cohort, h) == "stopped" for h in (f"{cohort}-s01-broker", f"{cohort}-s02-worker")
     )
