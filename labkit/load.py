@@ -139,25 +139,77 @@ def load_verdict(summary: dict[str, Any], load: dict[str, Any]) -> bool:
 
 
 def locust_command(
-    scenario: str, csv_prefix: Path, users: int, spawn_rate: float, run_time: str
+    scenario: str,
+    csv_prefix: Path,
+    users: int,
+    spawn_rate: float,
+    run_time: str,
+    workers: int = 0,
+    master_port: int | None = None,
 ) -> list[str]:
+    """The headless Locust command for one lab; with ``workers`` the master of a distributed run."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(paths.scenario_dir(scenario) / "locustfile.py"),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        str(run_time),
+        "--csv",
+        str(csv_prefix),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+    ]
+    if workers:
+        cmd += [
+            "--master",
+            "--master-bind-host",
+            "127.0.0.1",
+            "--master-bind-port",
+            str(master_port),
+            "--expect-workers",
+            str(workers),
+            "--expect-workers-max-wait",
+            "60",
+        ]
+    return cmd  # fmt: skip
+
+
+def locust_worker_command(scenario: str, master_port: int) -> list[str]:
+    """One worker of a distributed run (on the controller here; on a load-generator host in the VPC on AWS)."""
     return [
-        sys.executable, "-m", "locust",
-        "-f", str(paths.scenario_dir(scenario) / "locustfile.py"),
-        "--headless", "-u", str(users), "-r", str(spawn_rate), "-t", str(run_time),
-        "--csv", str(csv_prefix), "--only-summary", "--exit-code-on-error", "0",
+        sys.executable, "-m", "locust", "-f", str(paths.scenario_dir(scenario) / "locustfile.py"),
+        "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
     ]  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _format_summary(s: dict[str, Any]) -> str:
     if s.get("error"):
         return f"FAILED: {s['error']}"
     ratio = s.get("failure_ratio") or 0.0
+    dist = s.get("distributed")
     return (
         f"{s['requests']} requests, {s['failures']} failures ({ratio:.1%}), "
         f"median {s['median_ms']:.0f} ms, {s['rps']:.1f} req/s"
+        + (f"; {dist['workers_connected']} of {dist['workers']} workers connected, requests per worker "
+           f"{dist['requests_by_worker']}" if dist else "")
         + ("" if s.get("held") else "  [below the load profile]")
-    )
+    )  # fmt: skip
 
 
 def run_load(
@@ -170,8 +222,12 @@ def run_load(
     run_time: str | None = None,
     reports_dir: Path | None = None,
     endpoints: Callable[[Roster, str], LabEndpoints] = lab_endpoints,
+    workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Run the scenario's load against each student's lab in parallel; return summaries by student.
+
+    ``workers`` > 0 runs each lab's Locust distributed: a master and that many worker processes; the summary says
+    how many workers the master had connected and how many requests each worker sent.
 
     ``users``/``spawn_rate``/``run_time`` default to the scenario's ``load`` section.
     Each summary is also written to reports/<cohort>/<student>/load_summary.json.
@@ -195,6 +251,7 @@ def run_load(
     }
 
     running: dict[str, tuple[subprocess.Popen, Path, float, Any]] = {}
+    helpers: dict[str, list[subprocess.Popen]] = {}
     summaries: dict[str, dict[str, Any]] = {}
     for sid in wanted:
         student_dir = base / sid
@@ -214,8 +271,23 @@ def run_load(
             "LABKIT_SCENARIO": roster.scenario,
         }
         log = (student_dir / "load.log").open("w")
-        cmd = locust_command(roster.scenario, student_dir / "load", users, spawn_rate, run_time)
-        proc = subprocess.Popen(cmd, cwd=paths.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        port = _free_port() if workers else None
+        for stale in student_dir.glob("load_worker*.json"):
+            stale.unlink()
+        (student_dir / "load_master.json").unlink(missing_ok=True)
+        cmd = locust_command(
+            roster.scenario, student_dir / "load", users, spawn_rate, run_time, workers, port
+        )
+        proc = subprocess.Popen(cmd, cwd=paths.REPO, env={**env, "LABKIT_LOAD_MASTER_REPORT": str(
+            student_dir / "load_master.json")}, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        helpers[sid] = [
+            subprocess.Popen(
+                locust_worker_command(roster.scenario, port), cwd=paths.REPO,
+                env={**env, "LABKIT_LOAD_WORKER_REPORT": str(student_dir / f"load_worker{i}.json")},
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+            for i in range(1, workers + 1)
+        ]  # fmt: skip
         running[sid] = (proc, student_dir, time.monotonic(), log)
         out(
             f"load {sid}: started ({users} users, spawn {spawn_rate}/s, {run_time}) "
@@ -239,6 +311,12 @@ def run_load(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
+            for worker in helpers.pop(sid, []):
+                try:
+                    worker.wait(timeout=15)  # a worker quits when its master does
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait(timeout=10)
             log.close()
             del running[sid]
             stats_csv = student_dir / "load_stats.csv"
@@ -252,6 +330,8 @@ def run_load(
                     "error": f"locust exited {proc.returncode} without stats; see {student_dir / 'load.log'}"
                 }
             summary.update(exit_code=proc.returncode, duration_s=round(time.monotonic() - started, 1))
+            if workers:
+                summary["distributed"] = _distributed_report(student_dir, workers)
             summaries[sid] = _finish(student_dir, sid, summary, load, profile)
             out(f"load {sid}: finished: {_format_summary(summaries[sid])}")
         time.sleep(0.2)
@@ -259,6 +339,21 @@ def run_load(
 
 
 LOAD_GRACE_S = 60.0
+
+
+def _distributed_report(student_dir: Path, workers: int) -> dict[str, Any]:
+    master = student_dir / "load_master.json"
+    sent = []
+    for i in range(1, workers + 1):
+        path = student_dir / f"load_worker{i}.json"
+        sent.append(json.loads(path.read_text())["requests"] if path.is_file() else None)
+    return {
+        "workers": workers,
+        "workers_connected": json.loads(master.read_text())["workers_connected"]
+        if master.is_file()
+        else None,
+        "requests_by_worker": sent,
+    }
 
 
 def duration_seconds(text: str) -> float:

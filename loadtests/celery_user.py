@@ -41,6 +41,33 @@ def _collect_finished_greenlets(environment, **_kwargs) -> None:
     gc.collect()
 
 
+# Distributed mode (labkit load --workers N): each process says what it did, so the kit can prove that the master
+# had N workers connected and that every worker sent requests. Paths come from the environment; unset = no report.
+_sent = {"requests": 0}
+
+
+@events.request.add_listener
+def _count_request(**_kwargs) -> None:
+    _sent["requests"] += 1
+
+
+@events.test_start.add_listener
+def _report_workers_at_start(environment, **_kwargs) -> None:
+    path = os.environ.get("LABKIT_LOAD_MASTER_REPORT")
+    runner = environment.runner
+    if path and runner is not None and type(runner).__name__ == "MasterRunner":
+        with open(path, "w") as f:
+            json.dump({"workers_connected": runner.worker_count}, f)
+
+
+@events.quitting.add_listener
+def _report_worker_requests(environment, **_kwargs) -> None:
+    path = os.environ.get("LABKIT_LOAD_WORKER_REPORT")
+    if path and type(environment.runner).__name__ == "WorkerRunner":
+        with open(path, "w") as f:
+            json.dump({"requests": _sent["requests"], "pid": os.getpid()}, f)
+
+
 def _write_final_csv_rows(writer: locust_stats.StatsCSVFileWriter) -> None:
     for handle, write in (
         (writer.requests_csv_filehandle, writer.requests_csv),

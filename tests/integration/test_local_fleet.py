@@ -256,6 +256,10 @@ def test_solved_student_scores_full_marks_and_unsolved_fails_exactly_the_flaws(c
     reports = Path(env["LABKIT_REPORTS_DIR"]) / COHORT
     for s in ("s01", "s02"):
         assert (reports / s / "load_stats.csv").is_file()
+    # Distributed Locust (what a cohort on AWS uses from a load-generator host): master + 2 workers on one lab.
+    labkit("load", str(folder), "--student", "s01", "--workers", "2", env=env)
+    dist = json.loads((reports / "s01" / "load_summary.json").read_text())["distributed"]
+    assert dist["workers_connected"] == 2 and all(n and n > 0 for n in dist["requests_by_worker"]), dist
     labkit("grade", str(folder), env=env)
     grades = json.loads((reports / "grades.json").read_text())
     s01, s02 = grades["students"]["s01"], grades["students"]["s02"]

@@ -145,6 +145,28 @@ def test_load_round_trips_through_a_real_worker(redis_url, worker, tmp_path):
     assert any("s01" in line and "finished" in line and "requests" in line for line in lines)
 
 
+def test_distributed_load_has_every_worker_connected_and_sending(redis_url, worker, tmp_path):
+    """labkit load --workers N: a Locust master and N workers per lab; the master saw N workers connected, every
+    worker sent requests, and the master's stats hold them all."""
+    roster = Roster(
+        path=tmp_path / "cohort.yml", cohort="unit", scenario=SCENARIO, target="local",
+        students=(Student(id="s01", name="Ada", ssh_public_key="ssh-ed25519 AAAA"),),
+    )  # fmt: skip
+    lines: list[str] = []
+    summary = run_load(
+        roster, out=lines.append, users=4, spawn_rate=4, run_time="6s", reports_dir=tmp_path / "reports",
+        endpoints=lambda _roster, _student: LabEndpoints(redis_url, redis_url, "127.0.0.1"), workers=2,
+    )["s01"]  # fmt: skip
+    dist = summary["distributed"]
+    assert dist["workers_connected"] == 2, (
+        summary,
+        (tmp_path / "reports/unit/s01/load.log").read_text()[-2000:],
+    )
+    assert len(dist["requests_by_worker"]) == 2 and all(n and n > 0 for n in dist["requests_by_worker"]), dist
+    assert summary["failures"] == 0 and summary["requests"] == sum(dist["requests_by_worker"]), summary
+    assert any("2 of 2 workers connected" in line for line in lines), lines
+
+
 def test_load_records_failures_when_nothing_consumes(redis_url, tmp_path):
     env = {
         "LABKIT_BROKER_URL": redis_url,
