@@ -272,6 +272,8 @@ def up(roster: Roster, out: Out = print, *, yes: bool = False) -> int:
         }
         local.host_up(spec, out)
     local.isolate(roster.cohort, variables["network"]["bridge"], variables["hosts"])
+    if down_hosts:
+        wait_for_services(roster, [h["name"] for h in down_hosts], variables, out)
     host_keys = {}
     for h in lab_hosts:
         known = local.host_state(roster.cohort, h["name"]) / "known_hosts"
@@ -338,6 +340,67 @@ def spec_from_env() -> dict:
     if not raw:
         raise SystemExit("LABKIT_SPEC is not set: this command is called by Terraform's provisioners")
     return json.loads(raw)
+
+
+SERVICE_PORTS = {"rabbitmq": (5672, 15672), "redis": (6379,), "flower": (5555,)}
+SERVICES_DEADLINE = 180.0
+
+
+def wait_for_services(roster: Roster, names: list[str], variables: dict, out: Out = print) -> bool:
+    """After hosts came back (a reboot), wait until their services answer from the controller (RabbitMQ takes
+    10-30 s to boot): a grade or a lesson right after `fleet up` then finds the lab as it was."""
+    import socket
+
+    topology = load_scenario(roster.scenario).data["topology"]
+    wanted = [
+        (name, comp, variables["hosts"][name]["address"], port)
+        for name in names
+        for comp in topology.get(variables["hosts"][name]["role"], [])
+        for port in SERVICE_PORTS.get(comp, ())
+    ]
+
+    def answers(address: str, port: int) -> bool:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    t0 = time.monotonic()
+    missing = wanted
+    while missing and time.monotonic() - t0 < SERVICES_DEADLINE:
+        missing = [w for w in missing if not answers(w[2], w[3])]
+        if missing:
+            time.sleep(1)
+    # Worker pools reconnect on their own schedule: wait until the broker sees them consume again.
+    from labkit.status import _consumers_from
+
+    scenario = load_scenario(roster.scenario)
+    by_student: dict[str, dict[str, str]] = {}
+    for h in variables["hosts"].values():
+        by_student.setdefault(h["student"], {})[h["role"]] = h["address"]
+    pools = []
+    for name in names:
+        h = variables["hosts"][name]
+        ends = scenario.endpoints(by_student[h["student"]])
+        cred = roster.folder / "credentials" / h["student"] / "grader"
+        if "celery_workers" in topology.get(h["role"], []) and "rabbitmq" in ends and cred.is_file():
+            pools.append((name, h["address"], ends["rabbitmq"], cred.read_text().strip()))
+    while pools and not missing and time.monotonic() - t0 < SERVICES_DEADLINE:
+        pools = [p for p in pools if not _consumers_from(p[1], p[2], p[3])]
+        if pools:
+            time.sleep(1)
+    missing += [(name, "celery_workers", addr, "consumers") for name, addr, _, _ in pools]
+    if missing:
+        out(f"fleet up {roster.cohort}: still not answering after {SERVICES_DEADLINE:.0f} s: "
+            + ", ".join(f"{n} {c}:{p}" for n, c, _, p in missing))  # fmt: skip
+        return False
+    if wanted:
+        out(
+            f"fleet up {roster.cohort}: the restarted hosts' services answer and their pools consume "
+            f"({time.monotonic() - t0:.0f} s)"
+        )
+    return True
 
 
 def cost_main(roster: Roster, price: float | None = None, out: Out = print) -> int:
