@@ -52,6 +52,11 @@ def survey(folder: Path, host: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _printable(text: object) -> str:
+    """Text from a student's host, safe to print on the instructor's terminal (no control or escape sequences)."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
 def _quote(text: str) -> str:
     import shlex
 
@@ -72,17 +77,19 @@ def reset(roster: Roster, student: str, yes: bool, out: Callable[[str], Any] = p
         s = survey(roster.folder, host)
         if s.get("error"):
             plan.append(
-                f"{host}: could not read what changed ({s['error']}); every student file will be rewritten"
+                f"{host}: could not read what changed ({_printable(s['error'])}); every student file will be rewritten"
             )
             continue
         for kind in ("changed", "missing", "added"):
             verb = {"changed": "overwrite", "missing": "put back", "added": "remove (if a pool program)"}[
                 kind
             ]
-            plan += [f"{host}: {verb} {p}" for p in s[kind]]
+            plan += [f"{host}: {verb} {_printable(p)}" for p in s[kind]]
         recorded = host_vars / f"{host}.yml"
         if recorded.is_file():
-            plan.append(f"{host}: drop the recorded {(s.get('placed_by') or 'solution')} ({recorded})")
+            plan.append(
+                f"{host}: drop the recorded {_printable(s.get('placed_by') or 'solution')} ({recorded})"
+            )
     out(f"reset {student}: back to the starting state of {roster.scenario}:")
     for line in plan or ["nothing the student made differs from the starting state"]:
         out(f"  {line}")
