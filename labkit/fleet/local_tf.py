@@ -62,19 +62,24 @@ def plan(roster: Roster) -> dict[str, list[str]]:
     return out
 
 
+def print_plan(title: str, steps: dict[str, list[str]], out: Out = print) -> None:
+    """The plan's counts, then one line per host it adds (+), removes (-) or replaces (~)."""
+    out(
+        f"{title}: {len(steps['add'])} to add, {len(steps['remove'])} to remove, "
+        f"{len(steps['replace'])} to replace, {len(steps['keep'])} kept"
+    )
+    for kind in ("add", "remove", "replace"):
+        for name in steps[kind]:
+            out(f"  {'+' if kind == 'add' else '-' if kind == 'remove' else '~'} {name} ({kind})")
+
+
 def confirm_plan(roster: Roster, steps: dict[str, list[str]], yes: bool, out: Out = print) -> None:
     """Print the plan; ask before removing or replacing hosts (students' work goes with them), unless ``yes``.
 
     Without a terminal the question is never asked: the plan is refused and the flag named.
     """
     if steps["add"] or steps["remove"] or steps["replace"]:
-        out(
-            f"fleet up {roster.cohort}: plan: {len(steps['add'])} to add, {len(steps['remove'])} to remove, "
-            f"{len(steps['replace'])} to replace, {len(steps['keep'])} kept"
-        )
-        for kind in ("add", "remove", "replace"):
-            for name in steps[kind]:
-                out(f"  {'+' if kind == 'add' else '-' if kind == 'remove' else '~'} {name} ({kind})")
+        print_plan(f"fleet up {roster.cohort}: plan", steps, out)
     destructive = steps["remove"] + steps["replace"]
     if not destructive or yes:
         return
@@ -418,12 +423,5 @@ def cost_main(roster: Roster, price: float | None = None, out: Out = print) -> i
 
 def plan_main(roster: Roster, out: Out = print) -> int:
     """Print what `fleet up` would do (hosts to add, remove, replace), changing nothing."""
-    steps = plan(roster)
-    out(
-        f"fleet plan {roster.cohort}: {len(steps['add'])} to add, {len(steps['remove'])} to remove, "
-        f"{len(steps['replace'])} to replace, {len(steps['keep'])} kept"
-    )
-    for kind in ("add", "remove", "replace"):
-        for name in steps[kind]:
-            out(f"  {'+' if kind == 'add' else '-' if kind == 'remove' else '~'} {name} ({kind})")
+    print_plan(f"fleet plan {roster.cohort}", plan(roster), out)
     return 0
