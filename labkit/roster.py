@@ -123,6 +123,14 @@ class AwsSettings:
 
 
 @dataclass(frozen=True)
+class AccessSettings:
+    """Where students' ssh reaches the cohort's bastion (None: the kit's default, chosen once and kept)."""
+
+    address: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
 class Roster:
     path: Path
     cohort: str
@@ -131,6 +139,7 @@ class Roster:
     students: tuple[Student, ...]
     expires_at: str | None = None
     aws: AwsSettings | None = None
+    access: AccessSettings = AccessSettings()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -323,9 +332,12 @@ def load_roster(folder_or_file: str | Path) -> Roster:
         aws, aws_problems = _aws_settings(data.get("aws"))
         problems += aws_problems
 
+    access, access_problems = _access_settings(data.get("access"))
+    problems += access_problems
+
     if problems:
         raise RosterError(path, problems)
-    known = {"cohort", "scenario", "target", "expires_at", "students", "aws"}
+    known = {"cohort", "scenario", "target", "expires_at", "students", "aws", "access"}
     return Roster(
         path=path.resolve(),
         cohort=cohort,
@@ -334,6 +346,7 @@ def load_roster(folder_or_file: str | Path) -> Roster:
         students=tuple(students),
         expires_at=expires_at,
         aws=aws,
+        access=access,
         extra={k: v for k, v in data.items() if k not in known},
     )
 
@@ -429,3 +442,39 @@ def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
         ),
         [],
     )
+
+
+def _access_settings(raw: Any) -> tuple[AccessSettings, list[str]]:
+    """``access: {address, port}``: the IPv4 address and TCP port students' ssh uses to reach the bastion."""
+    if raw is None:
+        return AccessSettings(), []
+    if not isinstance(raw, dict):
+        return AccessSettings(), [
+            "access: must be a mapping. Fix: e.g. access: {address: 192.0.2.10, port: 2201}, or leave it out."
+        ]
+    problems: list[str] = []
+    address, port = raw.get("address"), raw.get("port")
+    if address is not None:
+        try:
+            ip = ipaddress.ip_address(str(address))
+            if ip.version != 4 or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+                raise ValueError
+            address = str(ip)
+        except ValueError:
+            problems.append(
+                f"access.address: {address!r} is not an IPv4 address students can reach. Fix: the classroom "
+                "address of this machine (e.g. 192.0.2.10), or leave it out for this machine's primary address."
+            )
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 1024 <= port <= 65535
+    ):
+        problems.append(
+            f"access.port: {port!r} is not a TCP port from 1024 to 65535. Fix: e.g. 2201, or leave it out "
+            "(the kit then picks one once and keeps it)."
+        )
+    unknown = sorted(set(raw) - {"address", "port"})
+    if unknown:
+        problems.append(f"access: unknown field(s) {', '.join(map(repr, unknown))}. Fix: remove them.")
+    if problems:
+        return AccessSettings(), problems
+    return AccessSettings(address=address, port=port), []

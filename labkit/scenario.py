@@ -20,10 +20,13 @@ from labkit import paths
 REQUIRED = ("name", "title", "module", "topology", "rubric")
 KNOWN_KEYS = {
     "name", "title", "module", "topology", "resources", "app_package", "pools", "task_routes", "load",
-    "rubric", "starting_state_fails", "mutants", "grading",
+    "rubric", "starting_state_fails", "mutants", "grading", "student_ports",
 }  # fmt: skip
 # Components a topology may use: each is an Ansible role of the same name.
 COMPONENTS = ("rabbitmq", "redis", "flower", "celery_workers")
+# Web UIs a handout may send students to (scenario.yml `student_ports`): name -> (component serving it, TCP port).
+# A student reaches these, and ssh, on their own lab hosts through the cohort's bastion; nothing else.
+STUDENT_PORTS = {"flower": ("flower", 5555), "rabbitmq-management": ("rabbitmq", 15672)}
 RUBRIC_KEYS = {"id", "role", "weight", "title", "hint"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 CHECK_MARK_RE = re.compile(r"""@pytest\.mark\.check\(\s*["']([^"']+)["']""")
@@ -93,6 +96,16 @@ class Scenario:
         """
         return {c: lab[r] for c in COMPONENTS if (r := self.role_of(c)) and r in lab}
 
+    def student_ports(self, lab: dict[str, str]) -> list[tuple[str, str, int]]:
+        """The web UIs the handout uses, as (name, address, port) of one lab, from {host role: address}."""
+        ends = self.endpoints(lab)
+        out = []
+        for name in self.data.get("student_ports") or []:
+            component, port = STUDENT_PORTS[name]
+            if component in ends:
+                out.append((name, ends[component], port))
+        return out
+
 
 def _fail(path: Path, problems: list[str]) -> None:
     if problems:
@@ -121,6 +134,10 @@ def validate(data: Any, folder: Path) -> list[str]:
     for role, comps in topology.items():
         if not NAME_RE.match(str(role)):
             problems.append(f"topology.{role}: host role names are lower-case letters, digits and '-'.")
+        elif role == "bastion":
+            problems.append(
+                "topology.bastion: the kit's own host role (the cohort's bastion). Fix: rename it."
+            )
         bad = [c for c in comps if c not in COMPONENTS] if isinstance(comps, list) else [comps]
         if bad:
             problems.append(
@@ -131,6 +148,18 @@ def validate(data: Any, folder: Path) -> list[str]:
         if len(holders) > 1:
             problems.append(
                 f"topology: {comp} runs on {holders}; a lab has one. Fix: keep it on one host role."
+            )
+    ports = data.get("student_ports") or []
+    if not isinstance(ports, list):
+        problems.append(f"student_ports: must be a list. Fix: some of {sorted(STUDENT_PORTS)}.")
+        ports = []
+    for name in ports:
+        if name not in STUDENT_PORTS:
+            problems.append(f"student_ports: unknown {name!r}. Fix: use some of {sorted(STUDENT_PORTS)}.")
+        elif not any(STUDENT_PORTS[name][0] in (c or []) for c in topology.values() if isinstance(c, list)):
+            problems.append(
+                f"student_ports: {name!r} needs component {STUDENT_PORTS[name][0]!r}, which the topology lacks. "
+                "Fix: remove it or add the component."
             )
     for role in data.get("resources") or {}:
         if role not in topology:

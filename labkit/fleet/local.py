@@ -48,6 +48,10 @@ USERNS_MAX_INDEX = (0xFFFE0000 - USERNS_FIRST) // USERNS_SIZE
 # What a host may use unless its scenario says otherwise (scenario.yml `resources:` per host role). 15 students
 # x 2 hosts x 768 MiB fit a 24 GiB machine with room for the controller.
 DEFAULT_RESOURCES = {"memory": "768M", "tasks": 1024, "cpu_weight": 100}
+# The cohort's bastion (access.py): sshd and the connections students open through it.
+BASTION_ROLE = "bastion"
+BASTION_COMPONENTS = ["bastion"]
+BASTION_RESOURCES = {"memory": "128M", "tasks": 512, "cpu_weight": 100}
 
 Out = Callable[[str], None]
 
@@ -153,7 +157,10 @@ def release_userns(prefix: str) -> None:
 def resources(scenario: str, role: str) -> cgroups.Limits:
     from labkit.scenario import load_scenario
 
-    wanted = {**DEFAULT_RESOURCES, **(load_scenario(scenario).data.get("resources", {}).get(role) or {})}
+    if role == BASTION_ROLE:
+        wanted = BASTION_RESOURCES
+    else:
+        wanted = {**DEFAULT_RESOURCES, **(load_scenario(scenario).data.get("resources", {}).get(role) or {})}
     return cgroups.Limits(
         memory_bytes=cgroups.parse_size(wanted["memory"]),
         tasks=int(wanted["tasks"]),
@@ -213,13 +220,30 @@ def network_up(spec: dict, out: Out = print) -> None:
     out(f"network {cohort}: bridge {bridge} {gw}/{prefix}, package service {pkgservice.base_url(gw)}")
 
 
-def isolate(cohort: str, bridge: str, hosts: dict[str, dict]) -> None:
-    """(Re)write the cohort's filter: every student's hosts an island, the controller closed but for packages."""
+def isolate(
+    cohort: str,
+    bridge: str,
+    hosts: dict[str, dict],
+    bastion: dict | None = None,
+    entry: firewall.Entry | None = None,
+) -> None:
+    """(Re)write the cohort's filter: every student's hosts an island, the controller closed but for packages, the
+    bastion allowed to ``bastion["targets"]`` and reached from the classroom through ``entry``."""
     ports = [
         firewall.Port(veth=veth_name(n), mac=host_mac(cohort, n), address=h["address"], student=h["student"])
         for n, h in hosts.items()
     ]
-    firewall.apply(cohort, bridge, ports, [pkgservice.PORT])
+    jump = None
+    if bastion:
+        jump = firewall.Bastion(
+            veth=veth_name(bastion["name"]),
+            mac=host_mac(cohort, bastion["name"]),
+            address=bastion["address"],
+            targets=tuple((a, int(p)) for a, p in bastion["targets"]),
+        )
+    firewall.apply(
+        cohort, bridge, ports, [pkgservice.PORT], jump, entry if jump else None, cohort_gateway(cohort)
+    )
 
 
 def cohort_gateway(cohort: str) -> str | None:
@@ -325,7 +349,10 @@ def host_up(spec: dict, out: Out = print) -> None:
     else:
         from labkit.scenario import load_scenario
 
-        comps = bake.components(load_scenario(spec["scenario"]).data["topology"][spec["role"]])
+        if spec["role"] == BASTION_ROLE:
+            comps = list(BASTION_COMPONENTS)
+        else:
+            comps = bake.components(load_scenario(spec["scenario"]).data["topology"][spec["role"]])
         key = bake.ensure_baked([comps], out)[",".join(comps)]
         lower = bake.lowerdirs(key)
         userns = allocate_userns(f"{spec['cohort']}/{spec['name']}")
@@ -464,6 +491,13 @@ def _wire_netns(spec: dict, out: Out = print) -> None:
         run(["ip", "-n", ns, "addr", "add", f"{spec['address']}/{prefix}", "dev", "host0"], quiet=True)
     run(["ip", "-n", ns, "link", "set", "host0", "up"], quiet=True)
     run(["ip", "-n", ns, "link", "set", "lo", "up"], quiet=True)
+    if spec.get("role") == BASTION_ROLE:
+        # Students' connections come DNATed with their laptop's address: the replies go back through the gateway
+        # (the cohort's filter routes nothing else from the bridge).
+        run(
+            ["ip", "-n", ns, "route", "replace", "default", "via", spec["gateway"], "dev", "host0"],
+            quiet=True,
+        )
 
 
 def _wait_for_ssh(spec: dict, state: Path, proc: subprocess.Popen, timeout: float = 90.0) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from labkit import inventory, paths, terraform
-from labkit.fleet import bake, images, local
+from labkit.fleet import access, bake, firewall, images, local
 from labkit.roster import Roster, RosterError
 from labkit.scenario import load_scenario
 from labkit.state import PlanRefused, atomic_write
@@ -94,6 +94,25 @@ def confirm_plan(roster: Roster, steps: dict[str, list[str]], yes: bool, out: Ou
         raise PlanRefused(f"fleet up {roster.cohort}: nothing done (the answer was not yes)")
 
 
+def student_targets(roster: Roster, hosts: dict[str, dict], by_student: bool = False):
+    """What the bastion lets each student open: ssh on each of their hosts, and the web UIs their handout uses.
+
+    A list of (address, port) for the whole cohort (the filter's bound), or {student: [(address, port)]} (sshd's).
+    """
+    scenario = load_scenario(roster.scenario)
+    labs: dict[str, dict[str, str]] = {}
+    for h in hosts.values():
+        labs.setdefault(h["student"], {})[h["role"]] = h["address"]
+    out: dict[str, list[tuple[str, int]]] = {}
+    for sid, lab in sorted(labs.items()):
+        pairs = [(a, 22) for _, a in sorted(lab.items())]
+        pairs += [(a, p) for _, a, p in scenario.student_ports(lab)]
+        out[sid] = pairs
+    if by_student:
+        return out
+    return sorted({p for pairs in out.values() for p in pairs})
+
+
 def write_tfvars(roster: Roster) -> dict:
     folder = roster.folder
     data_dir, state, tfvars = tf_paths(folder)
@@ -119,6 +138,7 @@ def write_tfvars(roster: Roster) -> dict:
         "hosts": hosts,
         "labkit_command": labkit_command(),
         "ssh_private_key_file": str(inventory.ensure_controller_key(folder).resolve()),
+        "bastion": {"address": access.bastion_address(network.cidr), "scenario": roster.scenario},
     }
     atomic_write(tfvars, json.dumps(variables, indent=2, sort_keys=True) + "\n")
     return variables
@@ -236,12 +256,14 @@ def up(roster: Roster, out: Out = print, *, yes: bool = False) -> int:
     t0 = time.monotonic()
     steps = plan(roster)
     check_capacity(roster, steps)  # refused before anything is made
+    access.resolve(roster, claim=False)  # the access port is free (refused before anything is made)
     confirm_plan(roster, steps, yes, out)
     claim_cohort(roster)
+    entry = access.resolve(roster)
     # Built-once artefacts first, with their own progress lines: the base, the wheelhouse, the baked layers.
     images.ensure_base_image(out)
     images.ensure_wheelhouse(out)
-    sets = component_sets(roster)
+    sets = {**component_sets(roster), local.BASTION_ROLE: list(local.BASTION_COMPONENTS)}
     keys = bake.ensure_baked(list(sets.values()), out)
     variables = write_tfvars(roster)
     out(
@@ -257,43 +279,92 @@ def up(roster: Roster, out: Out = print, *, yes: bool = False) -> int:
         )
         return code
     data_dir, _, _ = tf_paths(folder)
-    lab_hosts = terraform.outputs(ENV_DIR, data_dir)["lab_hosts"]
+    outputs = terraform.outputs(ENV_DIR, data_dir)
+    lab_hosts = outputs["lab_hosts"]
+    bastion = outputs.get("bastion")
     # Terraform creates a host once; after a controller reboot its container, network namespace, the cohort's
     # bridge and package service are gone while state says they exist. Bring the network back first, then boot
     # any such host again on its kept overlay (like a VM reboot).
-    down_hosts = [h for h in lab_hosts if local.host_status(roster.cohort, h["name"]) != "running"]
+    down_hosts = [
+        h
+        for h in [*lab_hosts, *([bastion] if bastion else [])]
+        if local.host_status(roster.cohort, h["name"]) != "running"
+    ]
     if down_hosts:
         out(
             f"fleet up {roster.cohort}: {len(down_hosts)} host(s) not running; starting them on their kept disks"
         )
         local.network_up({**variables["network"], "cohort": roster.cohort}, out)
+    bastion_host = (
+        {"address": bastion["address"], "student": "", "role": local.BASTION_ROLE, "scenario": roster.scenario,
+         "etc_hosts": {}} if bastion else None
+    )  # fmt: skip
     for h in down_hosts:
         spec = {
-            **variables["hosts"][h["name"]],
+            **(variables["hosts"].get(h["name"]) or bastion_host),
             **variables["network"],
             "name": h["name"],
             "cohort": roster.cohort,
             "ssh_private_key_file": variables["ssh_private_key_file"],
         }
         local.host_up(spec, out)
-    local.isolate(roster.cohort, variables["network"]["bridge"], variables["hosts"])
+    jump, gate = None, None
+    if bastion:
+        jump = {**bastion, "targets": student_targets(roster, variables["hosts"])}
+        bridge = variables["network"]["bridge"]
+        # Forwarding on where students' packets come in and where the bastion's replies do: those two only.
+        turned_on = access.enable_forwarding(roster.cohort, [entry.interface, bridge])
+        gate = firewall.Entry(
+            interface=entry.interface,
+            match_address=entry.match_address,
+            port=entry.port,
+            local=entry.local,
+            guard=turned_on.get(entry.interface, False),
+        )
+    local.isolate(
+        roster.cohort, variables["network"]["bridge"], variables["hosts"], jump, gate if jump else None
+    )
     if down_hosts:
-        wait_for_services(roster, [h["name"] for h in down_hosts], variables, out)
+        wait_for_services(
+            roster, [h["name"] for h in down_hosts if h["name"] in variables["hosts"]], variables, out
+        )
     host_keys = {}
-    for h in lab_hosts:
+    for h in [*lab_hosts, *([bastion] if bastion else [])]:
         known = local.host_state(roster.cohort, h["name"]) / "known_hosts"
         host_keys[h["name"]] = " ".join(known.read_text().split()[1:3])
+    bastion_info = None
+    if bastion:
+        bastion_info = {
+            **bastion,
+            "ssh_private_key_file": variables["ssh_private_key_file"],
+            "gateway": variables["network"]["gateway"],
+            "access": entry.as_dict(),
+            "host_key": host_keys[bastion["name"]],
+            "students": {
+                sid: [f"{a}:{p}" for a, p in targets]
+                for sid, targets in student_targets(roster, variables["hosts"], by_student=True).items()
+            },
+        }
     inventory.write_cohort_files(
         roster,
         lab_hosts,
         host_keys,
         f"--no-index --find-links {local.WHEELHOUSE_MOUNT}",
-        {h["name"]: baked_vars(roster, h["name"], sets, keys) for h in lab_hosts},
+        {
+            h["name"]: baked_vars(roster, h["name"], sets, keys)
+            for h in [*lab_hosts, *([bastion] if bastion else [])]
+        },
+        bastion=bastion_info,
     )
     out(
         f"fleet up {roster.cohort}: {len(lab_hosts)} hosts ready in {time.monotonic() - t0:.0f} s; "
         f"inventory {inventory.cohort_files(folder)['hosts']}"
     )
+    if bastion:
+        out(
+            f"fleet up {roster.cohort}: students come in through the bastion at {entry.address} port {entry.port} "
+            f"(their ssh_config: labkit student-access {folder} --student ID)"
+        )
     return 0
 
 
@@ -305,6 +376,7 @@ def down(roster: Roster, out: Out = print) -> int:
         out(f"fleet down {roster.cohort}: terraform destroy")
         code = _tf(folder, ["destroy", "-auto-approve", f"-parallelism={TF_PARALLELISM}"], out)
     found = local.sweep(roster.cohort, out)
+    access.release(roster.cohort)
     left = local.cohort_leftovers(roster.cohort)
     if any(left.values()):
         out(f"fleet down {roster.cohort}: could not remove: {left}")
@@ -315,12 +387,20 @@ def down(roster: Roster, out: Out = print) -> int:
         files["lab_hosts"],
         files["ssh_config"],
         files["known_hosts"],
+        files["access"],
         tfvars,
         state,
         state.with_name(state.name + ".backup"),
     ):
         path.unlink(missing_ok=True)
-    for d in (files["credentials"], files["host_vars"], files["ssh_key"].parent, data_dir, files["logs"]):
+    for d in (
+        files["credentials"],
+        files["host_vars"],
+        files["student_access"],
+        files["ssh_key"].parent,
+        data_dir,
+        files["logs"],
+    ):
         shutil.rmtree(d, ignore_errors=True)
     swept = sum(len(v) for v in found.values())
     out(

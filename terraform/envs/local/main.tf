@@ -13,4 +13,5 @@ module "fleet" {
   hosts                = var.hosts
   labkit_command       = var.labkit_command
   ssh_private_key_file = var.ssh_private_key_file
+  bastion              = var.bastion
 }

@@ -7,3 +7,8 @@ output "network" {
   description = "The cohort's bridge, subnet and gateway."
   value       = module.fleet.network
 }
+
+output "bastion" {
+  description = "The cohort's bastion host (name, address, ssh_user), or null."
+  value       = module.fleet.bastion
+}

@@ -32,3 +32,12 @@ variable "ssh_private_key_file" {
   type        = string
   description = "Controller key authorized for root on the lab hosts."
 }
+
+variable "bastion" {
+  type = object({
+    address  = string
+    scenario = string
+  })
+  default     = null
+  description = "The cohort's bastion host, or null for none."
+}

@@ -52,3 +52,36 @@ resource "terraform_data" "host" {
     environment = { LABKIT_SPEC = jsonencode(self.input) }
   }
 }
+
+# The cohort's bastion: the one way students' ssh comes in (access port on the controller -> its sshd), and the
+# one host that reaches every lab of the cohort, on the ports students use. It goes with the cohort.
+resource "terraform_data" "bastion" {
+  count = var.bastion == null ? 0 : 1
+
+  input = {
+    name                 = "${var.cohort}-bastion"
+    address              = var.bastion.address
+    student              = ""
+    role                 = "bastion"
+    scenario             = var.bastion.scenario
+    etc_hosts            = {}
+    cohort               = var.cohort
+    bridge               = terraform_data.network.output.bridge
+    cidr                 = terraform_data.network.output.cidr
+    gateway              = terraform_data.network.output.gateway
+    labkit               = var.labkit_command
+    ssh_private_key_file = var.ssh_private_key_file
+  }
+  triggers_replace = [var.bastion.address, var.network.cidr]
+
+  provisioner "local-exec" {
+    command     = "${self.input.labkit} fleet-local host-up"
+    environment = { LABKIT_SPEC = jsonencode(self.input) }
+  }
+
+  provisioner "local-exec" {
+    when        = destroy
+    command     = "${self.input.labkit} fleet-local host-down"
+    environment = { LABKIT_SPEC = jsonencode(self.input) }
+  }
+}

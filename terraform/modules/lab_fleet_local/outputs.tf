@@ -17,3 +17,12 @@ output "network" {
   description = "The cohort's bridge, subnet and gateway (apt proxy) address."
   value       = terraform_data.network.output
 }
+
+output "bastion" {
+  description = "The cohort's bastion host (name, address, ssh_user), or null."
+  value = length(terraform_data.bastion) == 0 ? null : {
+    name     = terraform_data.bastion[0].output.name
+    address  = terraform_data.bastion[0].output.address
+    ssh_user = var.ssh_user
+  }
+}

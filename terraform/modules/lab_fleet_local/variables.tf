@@ -46,3 +46,12 @@ variable "ssh_user" {
   default     = "admin"
   description = "User Ansible and the graders connect as."
 }
+
+variable "bastion" {
+  type = object({
+    address  = string
+    scenario = string
+  })
+  default     = null
+  description = "The cohort's bastion host (its address on the cohort's bridge), or null for none."
+}
