@@ -102,7 +102,18 @@ def collect(roster: Roster, reports_base: Path | None = None) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=8) as pool:
         rows = list(pool.map(one, [s.id for s in roster.students]))
     return {"cohort": roster.cohort, "scenario": roster.scenario, "at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "roles": scenario.roles, "rows": rows}  # fmt: skip
+            "roles": scenario.roles, "rows": rows, "bastion": _bastion(roster)}  # fmt: skip
+
+
+def _bastion(roster: Roster) -> str | None:
+    """The students' way in (local fleet): is the bastion up, where do they dial it."""
+    path = roster.folder / "access.json"
+    if roster.target != "local" or not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    where = f"{info['access']['address']} port {info['access']['port']}"
+    up = _host_running(roster, info["name"]) and _port_open(info["address"], 22)
+    return f"{'up' if up else 'down'}: students come in at {where}"
 
 
 def _columns(data: dict[str, Any]) -> list[str]:
@@ -128,8 +139,10 @@ def format_grid(data: dict[str, Any]) -> str:
         if str(v).startswith("up")
     )
     total = sum(len(r["hosts"]) + len(r["services"]) for r in data["rows"])
+    bastion = f"bastion {data['bastion']}\n" if data.get("bastion") else ""
     return (
         f"{data['cohort']} ({data['scenario']}) at {data['at']}: {up}/{total} hosts and services up\n"
+        + bastion
         + "\n".join(lines)
     )
 
@@ -144,7 +157,8 @@ def html_grid(data: dict[str, Any], refresh: int = 10) -> str:
         ".up{background:#e6f4ea}.down{background:#fde7e9;font-weight:600}</style></head><body>",
         f"<h1>{esc(data['cohort'])} · {esc(data['scenario'])}</h1><p>as of {esc(data['at'])} "
         f"(this page reloads every {refresh} s; <code>labkit status --watch</code> keeps it fresh)</p>",
-        "<table><tr><th>student</th>"
+        (f"<p>bastion {esc(data['bastion'])}</p>" if data.get("bastion") else "")
+        + "<table><tr><th>student</th>"
         + "".join(f"<th>{esc(c)}</th>" for c in cols)
         + "<th>last grade</th><th>last load</th></tr>",
     ]
@@ -169,5 +183,6 @@ def status_main(roster: Roster, out: Callable[[str], Any] = print, watch: float 
         atomic_write(page, html_grid(data, refresh=int(watch or 10)))
         out(f"status page: {page}")
         if not watch:
-            return 0 if all(str(v).startswith("up") for r in data["rows"] for v in r["hosts"].values()) else 1
+            hosts_up = all(str(v).startswith("up") for r in data["rows"] for v in r["hosts"].values())
+            return 0 if hosts_up and not str(data.get("bastion") or "up").startswith("down") else 1
         time.sleep(watch)

@@ -417,6 +417,13 @@ def status(roster: Roster, out: Out = print) -> int:
         return 1
     for h in lab_hosts:
         out(f"{h['name']:<40} {h['address']:<15} {local.host_status(roster.cohort, h['name'])}")
+    info = inventory.cohort_files(roster.folder)["access"]
+    if info.is_file():
+        b = json.loads(info.read_text())
+        out(
+            f"{b['name']:<40} {b['address']:<15} {local.host_status(roster.cohort, b['name'])} "
+            f"(students dial {b['access']['address']} port {b['access']['port']})"
+        )
     return 0
 
 

@@ -709,6 +709,7 @@ def test_student_work_kept_reboot_recovered_and_class_at_a_glance(cohort, tmp_pa
     # The class at a glance: every host and service up, the last grade beside it; the same grid as a page.
     grid = labkit("status", str(folder), env=env)
     assert f"{COHORT} (queue-segregation)" in grid and "12/12 (100 %)" in grid and "down" not in grid, grid
+    assert f"bastion up: students come in at {CLASSROOM} port {ACCESS_PORT}" in grid, grid
     assert 'http-equiv="refresh"' in (reports / "status.html").read_text()
 
     # Reset puts s02 back to the starting state, after saying what it overwrites.
