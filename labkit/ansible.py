@@ -8,11 +8,14 @@ output goes to a log file (its path is printed).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +150,32 @@ def _count_hosts(inventory: Path) -> int:
         return 1
 
 
+def run_leftovers(run_id: str) -> list[int]:
+    """Processes of one playbook run still alive (by the LABKIT_RUN marker every process of the run inherits)."""
+    marker = f"LABKIT_RUN={run_id}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+    return found
+
+
+def _end_leftovers(run_id: str, out: Callable[[str], None], label: str) -> None:
+    """A run that ended at its deadline leaves Mitogen's connection multiplexer (a fork of ansible-playbook in its own
+    session) waiting forever; nothing of a finished run may outlive it."""
+    for _ in range(20):
+        left = run_leftovers(run_id)
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    out(f"{label}: processes of the run still alive after SIGKILL: {run_leftovers(run_id)}")
+
+
 def run_playbook_inventory(
     inventory: Path,
     playbook: str,
@@ -171,6 +200,7 @@ def run_playbook_inventory(
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{Path(playbook).stem}-{time.strftime('%Y%m%dT%H%M%S')}.log"
     watch = _Watch(log, out, label)
+    run_id = uuid.uuid4().hex
     out(f"{label}: ansible-playbook {playbook} (deadline {deadline:.0f} s; full output in {log})")
     try:
         with tempfile.TemporaryDirectory(prefix="labkit-runner-") as pdd:
@@ -182,6 +212,7 @@ def run_playbook_inventory(
                 cmdline=f"--limit {limit}" if limit else None,
                 extravars=extravars or {},
                 envvars={
+                    "LABKIT_RUN": run_id,
                     "ANSIBLE_CONFIG": str(paths.REPO / "ansible.cfg"),
                     "ANSIBLE_NOCOLOR": "1",
                     **_mitogen_env(),
@@ -194,6 +225,7 @@ def run_playbook_inventory(
             stats = r.stats or {}
     finally:
         watch.close()
+        _end_leftovers(run_id, out, label)
     res = PlaybookResult(
         rc=r.rc,
         status=r.status,

@@ -71,6 +71,21 @@ def test_a_hung_run_ends_at_its_deadline_naming_host_and_task(tmp_path, monkeypa
     assert res.stuck["stuck-host"].startswith("task 'Sleep far longer than any deadline'")
     deadline = [ln for ln in lines if "DEADLINE" in ln]
     assert deadline and "stuck-host in task 'Sleep far longer than any deadline'" in deadline[0]
+    # Nothing of the run outlives it (Mitogen's multiplexer, a fork of ansible-playbook, was left waiting forever).
+    assert not _running_with(str(tmp_path / "hosts.yml"))
+
+
+def _running_with(text: str) -> list[str]:
+    """Command lines of processes that mention ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = proc.joinpath("cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        if text.encode() in cmd:
+            found.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
+    return found
 
 
 def test_the_run_deadline_grows_with_the_class(tmp_path):
