@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from grading import timeline
 from grading.facts import GraderLockedOut, LabUnreachable
 
 GRADER_USER = "labkit-grader"
@@ -192,6 +193,7 @@ class Ledger:
     def publish(self, n: int, args=(), kwargs=None) -> list[str]:
         new = [self.client.send(self.task, self.queue, args, kwargs, label=self.label) for _ in range(n)]
         self.ids += new
+        timeline.mark("ledger", f"published {n} {self.task} to {self.queue}")
         return new
 
     def settle(self, timeout: float) -> dict[str, list[str]]:
@@ -199,4 +201,6 @@ class Ledger:
         by_state: dict[str, list[str]] = {}
         for task_id, o in self.client.wait(self.ids, timeout, interval=0.2).items():
             by_state.setdefault(o.state, []).append(task_id)
+        counts = ", ".join(f"{len(ids)} {state}" for state, ids in sorted(by_state.items()))
+        timeline.mark("ledger", f"settled {len(self.ids)}: {counts or 'none'}")
         return by_state

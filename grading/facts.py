@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from grading import timeline
 from grading.remote import LabCommandError, json_from_output, run, system_python
 
 
@@ -288,18 +289,21 @@ def kill_pool_child(host, program: str, busy_within: float = 0.0) -> int:
     except (ValueError, IndexError):
         raise LabCommandError(f"could not pick a pool process of {program}: {res.stderr.strip()}") from None
     run(host, f"kill -KILL {pid}", timeout=10)
+    timeline.mark("fault", f"SIGKILL to pool process {pid} of {program}")
     return pid
 
 
 def stop_programs(host, programs: list[str]) -> None:
     if programs:
         run(host, "supervisorctl stop " + " ".join(shlex.quote(p) for p in programs), timeout=90)
+        timeline.mark("fault", f"stopped {', '.join(programs)}")
 
 
 def start_programs(host, programs: list[str], wait_for_consumers: tuple[Any, str] | None = None) -> None:
     """Start ``programs`` again (undoing :func:`stop_programs`)."""
     if programs:
         run(host, "supervisorctl start " + " ".join(shlex.quote(p) for p in programs), timeout=90)
+        timeline.mark("recovered", f"started {', '.join(programs)}")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5):

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
+from grading import timeline
 from grading.facts import GraderLockedOut, LabUnreachable
 from labkit import paths
 from labkit.scenario import Scenario, ScenarioError, load_scenario
@@ -367,6 +368,19 @@ def short_detail(excinfo: pytest.ExceptionInfo[BaseException] | None, longrepr: 
     return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 3] + "..."
 
 
+_TIMELINE_KEY = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A timeline around each check: the chaos helpers mark the fault, the recovery and the ledger's outcome."""
+    token = timeline.begin()
+    try:
+        return (yield)
+    finally:
+        item.stash[_TIMELINE_KEY] = timeline.end(token)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     report = yield
@@ -375,6 +389,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         return report
     record = _base_record(item.config, item, check_id, item.callspec.params["lab_student"])
     record["duration"] = round(record["duration"] + report.duration, 3)
+    if report.when == "call" and item.stash.get(_TIMELINE_KEY, None):
+        record["timeline"] = item.stash[_TIMELINE_KEY]
     if report.failed or report.skipped:
         if record["passed"] is not False:
             error = call.excinfo.value if call.excinfo else None

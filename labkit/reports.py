@@ -71,6 +71,8 @@ def build_grades(
                     "outcome": record.get("outcome")
                     or ("passed" if record.get("passed") else "failed" if record else "not run"),  # fmt: skip
                     "precondition": not float(record.get("weight", entry.get("weight", 1)) or 0),
+                    # chaos checks: [{t, kind, event}] (fault injected, lab recovered, ledger outcome)
+                    **({"timeline": list(record["timeline"])} if record.get("timeline") else {}),
                 }
             )
         score, total, percent = score_checks(checks)
@@ -207,6 +209,7 @@ def format_gradebook(grades: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- HTML
 
 _CSS = """
+.chaos{margin:.4rem 0 .8rem;font-size:.9rem} .chaos ul{margin:.2rem 0;padding-left:1.2rem}
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:72rem}
 h1{margin-bottom:.2rem} .meta{color:#666;margin-top:0}
 table{border-collapse:collapse;margin:1rem 0}
@@ -297,6 +300,44 @@ def _load_cells(summary: Mapping[str, Any] | None) -> str:
     )
 
 
+_TIMELINE_COLORS = {"fault": "#c5221f", "recovered": "#137333", "ledger": "#1a73e8", "probe": "#888"}
+
+
+def _timeline_svg(events: list[Mapping[str, Any]], width: int = 420, height: int = 34) -> str:
+    """A chaos check as a line of seconds: when the fault was injected, the lab recovered, the ledger settled."""
+    end = max([float(e["t"]) for e in events] + [1.0])
+    pad = 8
+    parts = [
+        f'<svg class="timeline" width="{width}" height="{height}" role="img" aria-label="timeline">',
+        f'<line x1="{pad}" y1="14" x2="{width - pad}" y2="14" stroke="#999"/>',
+        f'<text x="{pad}" y="{height - 2}" font-size="10">0 s</text>',
+        f'<text x="{width - pad}" y="{height - 2}" font-size="10" text-anchor="end">{end:.1f} s</text>',
+    ]
+    for e in events:
+        x = pad + (width - 2 * pad) * float(e["t"]) / end
+        color = _TIMELINE_COLORS.get(str(e.get("kind")), "#888")
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="14" r="5" fill="{color}"><title>{html.escape(str(e["t"]))} s: '
+            f"{html.escape(str(e.get('kind')))}: {html.escape(str(e['event']))}</title></circle>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _timeline_block(check: Mapping[str, Any]) -> str:
+    esc = html.escape
+    events = check.get("timeline") or []
+    items = "".join(
+        f'<li><span style="color:{_TIMELINE_COLORS.get(str(e.get("kind")), "#888")}">{esc(str(e.get("kind")))}</span> '
+        f"at {esc(str(e['t']))} s: {esc(str(e['event']))}</li>"
+        for e in events
+    )
+    return (
+        f'<div class="chaos"><code>{esc(str(check["id"]))}</code> on {esc(str(check["host"]))}: '
+        f"{'recovered' if check['passed'] else 'not recovered'}<br>{_timeline_svg(events)}<ul>{items}</ul></div>"
+    )
+
+
 def html_report(
     grades: Mapping[str, Any], load_summaries: Mapping[str, Mapping[str, Any]] | None = None
 ) -> str:
@@ -355,6 +396,9 @@ def html_report(
                 f'<td>{esc(str(c["host"]))}</td><td class="num">{c["weight"]}</td><td>{result}</td></tr>'
             )
         out.append("</table>")
+        for c in student["checks"]:
+            if c.get("timeline"):
+                out.append(_timeline_block(c))
         for c in student["checks"]:
             if not c["passed"]:
                 out.append(

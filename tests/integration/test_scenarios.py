@@ -137,6 +137,15 @@ def test_solved_untouched_and_every_mutant_grade_as_declared(cohorts, scenario):
             assert c["host"].startswith(f"{folder.name}-{sid}-") and c["title"] and c["hint"]
             assert c["precondition"] == (c["weight"] == 0)
 
+    # Chaos checks show their timeline: the fault the grader injected, then the lab's recovery or the ledger's count.
+    chaos = {c["id"]: c["timeline"] for c in first["s01"]["checks"] if c.get("timeline")}
+    assert chaos, f"{scenario}: no check recorded a chaos timeline"
+    for cid, events in chaos.items():
+        kinds = [e["kind"] for e in events]
+        if "fault" in kinds:
+            assert {"recovered", "ledger"} & set(kinds[kinds.index("fault") + 1 :]), (cid, events)
+    assert '<div class="chaos">' in (reports / "index.html").read_text()
+
     # Fresh and deterministic: grading again, with the reports folder gone, gives the same verdicts.
     shutil.rmtree(reports)
     run(["grade", str(folder)], env)

@@ -116,6 +116,12 @@ def test_records_say_who_where_what_and_why(mini):
     assert secret["passed"] is False and secret["host"] == "demo-s02-broker"
     assert "sekret-s02" in secret["detail"] and "'wrong'" in secret["detail"]
     assert records["s02", "host-answers"]["passed"] is True
+    # The events a check marks (chaos helpers, ledgers) come with its record, in order, in seconds since it began.
+    events = records["s02", "host-answers"]["timeline"]
+    assert [(e["kind"], e["event"]) for e in events] == [("fault", "pretend fault on s02"),
+                                                        ("recovered", "pretend <recovery>")]  # fmt: skip
+    assert 0 <= events[0]["t"] <= events[1]["t"] < 60
+    assert "timeline" not in records["s02", "flag-file"]
     ids = {r["nodeid"].split("::")[-1] for r in records.values()}
     assert "test_flag[s01]" in ids and "test_flag[s02]" in ids
     cases = ET.parse(mini["root"] / "junit.xml").getroot().iter("testcase")

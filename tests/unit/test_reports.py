@@ -148,3 +148,27 @@ def test_write_reports_writes_the_four_files(grades, data, tmp_path):
         "junit.xml",
     ]
     assert all(p.stat().st_size > 0 for p in written.values())
+
+
+def test_a_chaos_check_is_drawn_as_a_timeline(data):
+    records = json.loads(json.dumps(data["records"]))
+    chaos = records["s01"][0]
+    chaos["timeline"] = [
+        {"t": 0.0, "kind": "ledger", "event": "published 4 charge to orders"},
+        {"t": 2.1, "kind": "fault", "event": "SIGKILL to pool process 4242 of celery-<orders>"},
+        {"t": 14.6, "kind": "ledger", "event": "settled 4: 4 SUCCESS"},
+    ]
+    grades = reports.build_grades(
+        data["cohort"], data["scenario"], data["rubric"], records, names=data["names"]
+    )
+    check = next(c for c in grades["students"]["s01"]["checks"] if c["id"] == chaos["check"])
+    assert check["timeline"] == chaos["timeline"]  # grades.json keeps it
+    assert all("timeline" not in c for c in grades["students"]["s02"]["checks"])
+    page = reports.html_report(grades)
+    block = page.split('<div class="chaos">')[1].split("</div>")[0]
+    assert f"<code>{chaos['check']}</code>" in block and 'class="timeline"' in block
+    assert block.count("<circle") == 3 and "14.6 s" in block  # the axis ends at the last event
+    assert (
+        "at 2.1 s: SIGKILL to pool process 4242 of celery-&lt;orders&gt;" in block and "<orders>" not in page
+    )
+    assert page.count('<div class="chaos">') == 1
