@@ -33,6 +33,11 @@ LABKIT = [sys.executable, "-m", "labkit.cli"]
 SCENARIOS = known_scenarios()
 
 
+# Checks that always inject a fault in a solved lab (queue-segregation's heavy-prefetch stops only the other consumers
+# of the heavy queue, which a solved lab does not have).
+CHAOS_CHECKS = {"retries-dead-letters": ["crash-safe"]}
+
+
 def cohort_name(scenario: str) -> str:
     return "sc-" + "".join(w[0] for w in scenario.split("-"))[:6]
 
@@ -139,12 +144,13 @@ def test_solved_untouched_and_every_mutant_grade_as_declared(cohorts, scenario):
 
     # Chaos checks show their timeline: the fault the grader injected, then the lab's recovery or the ledger's count.
     chaos = {c["id"]: c["timeline"] for c in first["s01"]["checks"] if c.get("timeline")}
-    assert chaos, f"{scenario}: no check recorded a chaos timeline"
+    assert set(CHAOS_CHECKS.get(scenario, ())) <= set(chaos), (scenario, sorted(chaos))
     for cid, events in chaos.items():
         kinds = [e["kind"] for e in events]
         if "fault" in kinds:
             assert {"recovered", "ledger"} & set(kinds[kinds.index("fault") + 1 :]), (cid, events)
-    assert '<div class="chaos">' in (reports / "index.html").read_text()
+    if chaos:
+        assert '<div class="chaos">' in (reports / "index.html").read_text()
 
     # Fresh and deterministic: grading again, with the reports folder gone, gives the same verdicts.
     shutil.rmtree(reports)
