@@ -306,6 +306,41 @@ def start_programs(host, programs: list[str], wait_for_consumers: tuple[Any, str
         timeline.mark("recovered", f"started {', '.join(programs)}")
 
 
+def kill_program(host, program: str) -> list[int]:
+    """SIGKILL a supervised program's main process and its pool processes at once (a crash of the whole worker: none
+    of them finishes or acknowledges anything); supervisord starts it again. The pids killed."""
+    procs = host_processes(host).programs.get(program) or {}
+    pids = [p for p in [procs.get("pid"), *(procs.get("children") or [])] if p]
+    if not pids:
+        raise LabCommandError(f"{program} is not running: nothing to kill")
+    run(host, "kill -KILL " + " ".join(str(p) for p in pids), timeout=10)
+    timeline.mark("fault", f"SIGKILL to {program} (pids {', '.join(map(str, pids))})")
+    return pids
+
+
+SERVICE_READY = {
+    "rabbitmq-server": "rabbitmqctl -q await_startup --timeout 60",
+    "redis-server": "for i in $(seq 60); do REDISCLI_AUTH=$(sed -n 's/^requirepass //p' /etc/redis/redis.conf) "
+    "redis-cli -h 127.0.0.1 ping 2>/dev/null | grep -q PONG && exit 0; sleep 1; done; exit 1",
+}
+
+
+def restart_service(host, unit: str, timeout: int = 120) -> float:
+    """Restart a systemd service of the lab (the broker's restart of a durability check) and wait until it serves
+    again; the seconds it was away."""
+    t0 = time.monotonic()
+    timeline.mark("fault", f"systemctl restart {unit}")
+    res = run(
+        host, f"systemctl restart {shlex.quote(unit)} && {SERVICE_READY.get(unit, 'true')}", timeout=timeout
+    )
+    if res.rc != 0:
+        raise LabCommandError(
+            f"{unit} did not come back after a restart: {(res.stderr or res.stdout).strip()[-300:]}"
+        )
+    timeline.mark("recovered", f"{unit} serves again")
+    return time.monotonic() - t0
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.5):
     """Call ``predicate`` until it returns a truthy value or ``timeout`` passes; the last value."""
     deadline = time.monotonic() + timeout

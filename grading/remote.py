@@ -168,15 +168,20 @@ print(json.dumps({"sent": sent}))
 """
 
 
-def student_producer(host, module: str, sends: list[dict[str, Any]], timeout: int = 60) -> int:
+def student_producer(
+    host, module: str, sends: list[dict[str, Any]], timeout: int = 60, broker: str = "rabbitmq"
+) -> int:
     """Publish tasks through the student's own app and its routing (a producer-side setting), as the workers'
-    unprivileged user on ``host``; the ids are the grader's. Returns how many were sent.
+    unprivileged user on ``host``; the ids are the grader's. Returns how many were sent. ``broker`` picks the broker
+    the lab's settings give for it (LAB_BROKER, as the pools' programs do).
 
     What the app prints is never evidence: a check reads where the messages went from the broker.
     """
+    if broker not in ("rabbitmq", "redis"):
+        raise ValueError(f"broker {broker!r}: rabbitmq or redis")
     plan = json.dumps({"module": module, "sends": sends})
     command = (
-        f"cd {APP_DIR} && runuser -u {shlex.quote(APP_USER)} -- env PYTHONPATH={APP_DIR} "
+        f"cd {APP_DIR} && runuser -u {shlex.quote(APP_USER)} -- env PYTHONPATH={APP_DIR} LAB_BROKER={broker} "
         f"{VENV_PYTHON} -c {shlex.quote(_PRODUCER)} {shlex.quote(plan)}"
     )
     out = json_from_output(run(host, command, timeout=timeout), "publishing through the lab's app")

@@ -20,7 +20,7 @@ from labkit import paths
 REQUIRED = ("name", "title", "module", "topology", "rubric")
 KNOWN_KEYS = {
     "name", "title", "module", "topology", "resources", "app_package", "pools", "task_routes", "load",
-    "rubric", "starting_state_fails", "mutants", "grading", "student_ports",
+    "rubric", "starting_state_fails", "mutants", "grading", "student_ports", "app_settings", "redis_persistence",
 }  # fmt: skip
 # Components a topology may use: each is an Ansible role of the same name.
 COMPONENTS = ("rabbitmq", "redis", "flower", "celery_workers")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -52,12 +53,45 @@ def run(args: list[str], env: dict, timeout: int = 1500) -> str:
     return proc.stdout
 
 
+# The student's path: a lab fixed by hand over ssh, with the student's key and sudo, following only the handout;
+# then `labkit up` (as for a late student) must keep the fix, and the lab must grade 100 %. Host role -> script.
+BY_HAND = "by hand"
+HAND_FIXES = {
+    "broker-durability": {
+        "broker": "sed -i 's/^appendonly no$/appendonly yes/' /etc/redis/redis.conf && systemctl restart redis-server",
+        "worker": (
+            "cd /srv/celery-lab/app/labapp"
+            " && sed -i 's/^task_default_delivery_mode = .*/task_default_delivery_mode = \"persistent\"/' celeryconfig.py"
+            " && echo 'broker_transport_options = {\"visibility_timeout\": 15}' >> celeryconfig.py"
+            " && supervisorctl restart celery-amqp celery-redis"
+        ),
+    },
+}
+
+
 def plan(scenario: str) -> dict[str, str | None]:
-    """student id -> what they get: None (untouched), "solution", or a mutant name."""
+    """student id -> what they get: None (untouched), "solution", a mutant name, or BY_HAND."""
     students: dict[str, str | None] = {"s01": "solution", "s02": None}
     for i, mutant in enumerate(load_scenario(scenario).mutants, start=3):
         students[f"s{i:02d}"] = mutant["name"]
+    if scenario in HAND_FIXES:
+        students[f"s{len(students) + 1:02d}"] = BY_HAND
     return students
+
+
+def fix_by_hand(folder: Path, sid: str, scenario: str) -> None:
+    hosts = {h["role"]: h["address"] for h in json.loads((folder / "lab_hosts.json").read_text())
+             if h["student"] == sid}  # fmt: skip
+    for role, script in HAND_FIXES[scenario].items():
+        proc = subprocess.run(
+            ["ssh", "-i", str(folder / "keys" / sid), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+             "-o", f"UserKnownHostsFile={folder / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+             f"{sid}@{hosts[role]}", f"sudo bash -c {shlex.quote(script)}"],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert proc.returncode == 0, (
+            f"{sid} fixing {role} by hand: {proc.stdout[-1000:]}{proc.stderr[-1000:]}"
+        )
 
 
 def set_up(root: Path, scenario: str) -> tuple[Path, dict]:
@@ -82,10 +116,15 @@ def set_up(root: Path, scenario: str) -> tuple[Path, dict]:
                 env,
             )  # fmt: skip
             for sid, what in students.items()
-            if what
+            if what and what != BY_HAND
         ]
         for job in jobs:
             job.result()
+    hand = [sid for sid, what in students.items() if what == BY_HAND]
+    for sid in hand:
+        fix_by_hand(folder, sid, scenario)
+    if hand:
+        run(["up", str(folder)], env)  # the students' own fixes must survive it
     return folder, env
 
 
@@ -124,8 +163,11 @@ def test_solved_untouched_and_every_mutant_grade_as_declared(cohorts, scenario):
     students = plan(scenario)
     for sid, what in students.items():
         failing = sorted(c["id"] for c in first[sid]["checks"] if not c["passed"])
-        if what == "solution":
-            assert first[sid]["percent"] == 100.0, [c for c in first[sid]["checks"] if not c["passed"]]
+        if what in ("solution", BY_HAND):
+            assert first[sid]["percent"] == 100.0, (
+                what,
+                [c for c in first[sid]["checks"] if not c["passed"]],
+            )
         elif what is None:
             assert failing == sorted(spec.starting_state_fails), [
                 c for c in first[sid]["checks"] if not c["passed"]
