@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from grading import timeline
 from grading.common import (
     test_broker_ready,
     test_flower_supervised_and_protected,
@@ -57,6 +58,7 @@ def _survives_restart(grader, host_for, task: str, broker: str, pool: str, unit:
     wait_until(lambda: _results_reachable(grader), 30, 1)
     outcomes = grader.wait(ids, SETTLE_WITHIN, interval=0.5)
     done = [i for i, o in outcomes.items() if o.state == "SUCCESS"]
+    timeline.mark("ledger", f"paid {len(done)} of {WAITING}")
     assert len(done) == WAITING, (
         f"{WAITING} payments were waiting in {broker} ({pool} stopped) when {unit} restarted ({away:.0f} s away); "
         f"{len(done)} were paid within {SETTLE_WITHIN:.0f} s after {pool} started again, the others were lost"
@@ -89,6 +91,7 @@ def test_a_payment_of_a_crashed_redis_worker_runs_again(grader, host_for):
     )
     killed = kill_program(worker, "celery-redis")
     outcome = grader.wait([task_id], REDELIVERED_WITHIN, interval=0.5)[task_id]
+    timeline.mark("ledger", f"the payment: {outcome.state}")
     assert outcome.state == "SUCCESS", (
         f"after SIGKILL of celery-redis (pids {', '.join(map(str, killed))}) mid-payment, the payment was "
         f"{outcome.state} {REDELIVERED_WITHIN:.0f} s later: the message the dead worker held did not come back in time"
