@@ -36,7 +36,10 @@ SCENARIOS = known_scenarios()
 
 # Checks that always inject a fault in a solved lab (queue-segregation's heavy-prefetch stops only the other consumers
 # of the heavy queue, which a solved lab does not have).
-CHAOS_CHECKS = {"retries-dead-letters": ["crash-safe"]}
+CHAOS_CHECKS = {
+    "retries-dead-letters": ["crash-safe"],
+    "broker-durability": ["rabbitmq-restart", "redis-restart", "redis-redelivery"],
+}
 
 
 def cohort_name(scenario: str) -> str:
@@ -62,7 +65,8 @@ HAND_FIXES = {
         "worker": (
             "cd /srv/celery-lab/app/labapp"
             " && sed -i 's/^task_default_delivery_mode = .*/task_default_delivery_mode = \"persistent\"/' celeryconfig.py"
-            " && echo 'broker_transport_options = {\"visibility_timeout\": 15}' >> celeryconfig.py"
+            ' && echo \'broker_transport_options = {"visibility_timeout": 15, "unacked_restore_throttle": 1}\''
+            " >> celeryconfig.py"
             " && supervisorctl restart celery-amqp celery-redis"
         ),
     },
