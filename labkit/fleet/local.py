@@ -500,7 +500,12 @@ def _wire_netns(spec: dict, out: Out = print) -> None:
         )
 
 
-def _wait_for_ssh(spec: dict, state: Path, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+# A first boot shifts the host's files into its user namespace: with many hosts booting at once on 2 cores that took
+# longer than 90 s once (28 hosts of 3 cohorts); the deadline stays bounded.
+SSH_DEADLINE = 180.0
+
+
+def _wait_for_ssh(spec: dict, state: Path, proc: subprocess.Popen, timeout: float = SSH_DEADLINE) -> None:
     known = state / "known_hosts"
     if not known.is_file():
         # Read once, at first boot, from the key the kit just made. Later the host's disk is the student's: a
