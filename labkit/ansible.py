@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from labkit import paths
 from labkit.inventory import cohort_files
+from labkit.proc import kill_until_gone
 
 # A whole playbook run may take this long per host before the kit ends it (and at least DEADLINE_MIN).
 DEADLINE_PER_HOST = 60.0
@@ -165,15 +165,9 @@ def run_leftovers(run_id: str) -> list[int]:
 def _end_leftovers(run_id: str, out: Callable[[str], None], label: str) -> None:
     """A run that ended at its deadline leaves Mitogen's connection multiplexer (a fork of ansible-playbook in its own
     session) waiting forever; nothing of a finished run may outlive it."""
-    for _ in range(20):
-        left = run_leftovers(run_id)
-        if not left:
-            return
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-    out(f"{label}: processes of the run still alive after SIGKILL: {run_leftovers(run_id)}")
+    left = kill_until_gone(lambda: run_leftovers(run_id), tries=20, interval=0.1)
+    if left:
+        out(f"{label}: processes of the run still alive after SIGKILL: {left}")
 
 
 def run_playbook_inventory(

@@ -8,7 +8,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 class CommandError(RuntimeError):
@@ -77,3 +77,17 @@ def stop_pid(pid: int, timeout: float = 30.0, sig: int = signal.SIGTERM) -> bool
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def kill_until_gone(find: Callable[[], list[int]], tries: int, interval: float) -> list[int]:
+    """SIGKILL every pid ``find`` returns, round after round, until it returns none (at most ``tries`` rounds, with
+    ``interval`` seconds between); the pids still there at the end."""
+    for _ in range(tries):
+        left = find()
+        if not left:
+            return []
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(interval)
+    return find()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,11 +197,3 @@ def held_forwarding(cohort: str) -> list[str]:
     path = _forwarding_file()
     reg = json.loads(path.read_text()) if path.is_file() else {}
     return sorted(i for i, e in reg.items() if cohort in e.get("cohorts", []))
-
-
-def reachable(address: str, port: int, timeout: float = 2.0) -> bool:
-    try:
-        socket.create_connection((address, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False

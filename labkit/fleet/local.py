@@ -23,7 +23,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from labkit import paths
 from labkit.fleet import bake, cgroups, firewall, images, pkgservice
-from labkit.proc import CommandError, pid_alive, read_pid, run, stop_pid
+from labkit.proc import CommandError, kill_until_gone, pid_alive, read_pid, run, stop_pid
 from labkit.state import atomic_write
 
 SUBNET_POOL = ipaddress.ip_network("10.250.0.0/16")
@@ -627,14 +626,7 @@ def sweep(cohort: str, out: Out = print) -> dict[str, list[str]]:
     for pid in found["nspawn_pids"]:
         stop_pid(int(pid), timeout=30)
     # Whatever still runs in the hosts' cgroups (a container whose nspawn died) is killed outright.
-    for _ in range(50):
-        left = cgroups.pids(cohort)
-        if not left:
-            break
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.2)
+    kill_until_gone(lambda: cgroups.pids(cohort), tries=50, interval=0.2)
     state = cohort_state(cohort)
     for host_dir in sorted(state.glob("hosts/*")):
         _remove_host_leftovers(cohort, host_dir.name, host_dir)
