@@ -5,10 +5,16 @@ settings), as the workers' unprivileged user, with the grader's task ids (fresh 
 fault itself: it stops the pool that would take them, restarts the broker (systemctl, on the broker host), starts
 the pool again; or it SIGKILLs a whole worker pool mid-task. Verdicts come from the outcomes the workers stored for
 the grader's ids in Redis (the result backend): a payment the broker lost never gets one.
+
+Before the fault, the grader sees with its own eyes that the messages are where the lesson says: waiting in
+RabbitMQ's ``payments`` queue (rabbitmqctl on the broker host), or in Redis's ``payments_redis`` list and, once a
+worker took one, in the Redis transport's ``unacked`` hash (database 1, the kit's Redis-broker database). A lab
+whose "Redis" producer and pool quietly use RabbitMQ would otherwise pass the Redis checks on RabbitMQ's merits.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -20,7 +26,15 @@ from grading.common import (
     test_redis_requires_password,
     test_workers_supervised,
 )
-from grading.facts import kill_program, restart_service, start_programs, stop_programs, wait_until
+from grading.facts import (
+    held,
+    kill_program,
+    queue_depths,
+    restart_service,
+    start_programs,
+    stop_programs,
+    wait_until,
+)
 from grading.remote import student_producer
 
 __all__ = [
@@ -32,6 +46,50 @@ PAY, PAY_REDIS = "labapp.tasks.pay", "labapp.tasks.pay_via_redis"
 WAITING = 8  # payments waiting in the broker while it restarts
 SETTLE_WITHIN = 30.0
 CRASH_SECONDS, KILL_AFTER, REDELIVERED_WITHIN = 6.0, 2.0, 50.0
+QUEUES = {"rabbitmq": "payments", "redis": "payments_redis"}
+REDIS_BROKER_DB = 1  # playbooks/vars/lab_wiring.yml: celery_workers_redis_broker_url
+
+
+def _message_id(raw) -> str | None:
+    """The task id of one message as the Redis transport stores it (JSON; headers.id in Celery's protocol 2)."""
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(message, list) and message:  # the unacked hash holds [message, exchange, routing key]
+        message = message[0]
+    if not isinstance(message, dict):
+        return None
+    return (message.get("headers") or {}).get("id") or (message.get("properties") or {}).get("correlation_id")
+
+
+def _in_redis_queue(grader, queue: str) -> set[str]:
+    """Task ids of the messages waiting in a Redis-broker queue (the list, and its priority lists)."""
+    db = grader.redis_db(REDIS_BROKER_DB)
+    try:
+        found = set()
+        for key in db.scan_iter(match=f"{queue}*", count=200):
+            if db.type(key) == b"list":
+                found |= {i for i in map(_message_id, db.lrange(key, 0, -1)) if i}
+        return found
+    finally:
+        db.close()
+
+
+def _unacked_in_redis(grader) -> set[str]:
+    """Task ids the Redis transport holds as delivered to a worker and not yet acknowledged."""
+    db = grader.redis_db(REDIS_BROKER_DB)
+    try:
+        return {i for i in map(_message_id, db.hvals("unacked")) if i}
+    finally:
+        db.close()
+
+
+def _waiting(grader, broker_host, broker: str, ids: list[str]) -> int:
+    """How many of the grader's messages the broker itself holds now."""
+    if broker == "redis":
+        return len(set(ids) & _in_redis_queue(grader, QUEUES[broker]))
+    return held(queue_depths(broker_host), QUEUES[broker])
 
 
 def _results_reachable(grader) -> bool:
@@ -51,7 +109,15 @@ def _survives_restart(grader, host_for, task: str, broker: str, pool: str, unit:
             worker, "labapp.tasks", [{"task": task, "ids": ids, "args": [{"amount": 1}]}], broker=broker
         )
         assert sent == WAITING, f"the lab's app published {sent} of {WAITING} payments through {broker}"
-        time.sleep(1)
+        seen: list[int] = []
+        wait_until(
+            lambda: seen.append(_waiting(grader, broker_host, broker, ids)) or seen[-1] >= WAITING, 15, 1
+        )
+        there = seen[-1]
+        assert there >= WAITING, (
+            f"the lab's app published {WAITING} payments through its {broker} settings, but {broker} holds "
+            f"{there} of them in {QUEUES[broker]}: they went to another broker"
+        )
         away = restart_service(broker_host, unit)
     finally:
         start_programs(worker, [pool])
@@ -88,6 +154,11 @@ def test_a_payment_of_a_crashed_redis_worker_runs_again(grader, host_for):
     early = grader.outcomes([task_id])[task_id].state
     assert early != "SUCCESS", (
         f"the {CRASH_SECONDS:.0f} s payment finished in {KILL_AFTER:.0f} s: nothing to crash"
+    )
+    taken = wait_until(lambda: task_id in _unacked_in_redis(grader), 5, 0.5)
+    assert taken, (
+        "the payment published through Redis is not among the messages the Redis transport holds unacknowledged "
+        "for a worker (database 1, hash unacked): the producer or the pool does not use Redis as its broker"
     )
     killed = kill_program(worker, "celery-redis")
     outcome = grader.wait([task_id], REDELIVERED_WITHIN, interval=0.5)[task_id]
