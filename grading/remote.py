@@ -119,6 +119,39 @@ def controller_http_get(url: str, auth: tuple[str, str] | None = None, timeout: 
         return {"status": None, "body": "", "error": str(e)}
 
 
+def controller_json(url: str, timeout: float = 10) -> Any:
+    """GET ``url`` from the controller and parse the JSON answer (a lab service's own API, e.g. Prometheus').
+    Raises LabCommandError with what went wrong: no answer, an HTTP error, or not JSON."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            body = r.read()
+    except urllib.error.HTTPError as e:
+        raise LabCommandError(f"GET {url}: HTTP {e.code}") from None
+    except OSError as e:
+        raise LabCommandError(f"GET {url}: no answer ({e})") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise LabCommandError(f"GET {url}: not JSON ({_tail(body.decode(errors='replace'))})") from None
+
+
+def controller_text(url: str, timeout: float = 10) -> str:
+    """GET ``url`` from the controller: the whole body as text (e.g. a /metrics page). Raises LabCommandError."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        raise LabCommandError(f"GET {url}: HTTP {e.code}") from None
+    except OSError as e:
+        raise LabCommandError(f"GET {url}: no answer ({e})") from None
+
+
 def controller_redis_ping(address: str, port: int, password: str | None, timeout: float = 10) -> str:
     """PING the lab's Redis from the controller: "PONG", or the error's first words (e.g. NOAUTH ...)."""
     import redis

@@ -39,6 +39,8 @@ class LabEndpoints:
     broker_url: str
     result_backend: str
     broker_address: str
+    # Redis as a broker (database 1, as the lab's celeryconfig.py has it), for load tasks with `broker: redis`.
+    redis_broker_url: str = ""
 
 
 def read_credential(cohort_folder: Path, student: str, name: str) -> str:
@@ -72,6 +74,7 @@ def lab_endpoints(roster: Roster, student: str) -> LabEndpoints:
         broker_url=f"amqp://{quote(student, safe='')}:{rabbit_pw}@{address}:5672/lab",
         result_backend=f"redis://:{redis_pw}@{redis_address}:6379/0",
         broker_address=address,
+        redis_broker_url=f"redis://:{redis_pw}@{redis_address}:6379/1",
     )
 
 
@@ -100,10 +103,14 @@ def parse_load_stats(path: Path) -> dict[str, Any]:
         "p95_ms": num("95%"),
         "max_ms": round(num("Max Response Time"), 1),
         "rps": round(num("Requests/s"), 2),
+        # Per task (and broker): the lab's comparison table, e.g. the same task through RabbitMQ and through Redis.
         "by_name": {
             r["Name"]: {
                 "requests": int(float(r["Request Count"] or 0)),
                 "failures": int(float(r["Failure Count"] or 0)),
+                "median_ms": float(r.get("Median Response Time") or 0),
+                "p95_ms": float(r.get("95%") or 0),
+                "rps": round(float(r.get("Requests/s") or 0), 2),
             }
             for r in rows
             if r.get("Name") != "Aggregated"
@@ -138,6 +145,12 @@ def load_verdict(summary: dict[str, Any], load: dict[str, Any]) -> bool:
     return summary.get("failures", 0) / requests < float(load.get("max_failure_ratio", 0.01))
 
 
+def locustfile_for(scenario: str) -> Path:
+    """The scenario's own locustfile.py, else the kit's generic one (the task mix of the scenario's load section)."""
+    own = paths.scenario_dir(scenario) / "locustfile.py"
+    return own if own.is_file() else paths.REPO / "loadtests" / "locustfile.py"
+
+
 def locust_command(
     scenario: str,
     csv_prefix: Path,
@@ -153,7 +166,7 @@ def locust_command(
         "-m",
         "locust",
         "-f",
-        str(paths.scenario_dir(scenario) / "locustfile.py"),
+        str(locustfile_for(scenario)),
         "--headless",
         "-u",
         str(users),
@@ -185,7 +198,7 @@ def locust_command(
 def locust_worker_command(scenario: str, master_port: int) -> list[str]:
     """One worker of a distributed run (on the controller here; on a load-generator host in the VPC on AWS)."""
     return [
-        sys.executable, "-m", "locust", "-f", str(paths.scenario_dir(scenario) / "locustfile.py"),
+        sys.executable, "-m", "locust", "-f", str(locustfile_for(scenario)),
         "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port),
     ]  # fmt: skip
 
@@ -268,6 +281,7 @@ def run_load(
             **os.environ,
             "LABKIT_BROKER_URL": ep.broker_url,
             "LABKIT_RESULT_BACKEND": ep.result_backend,
+            "LABKIT_REDIS_BROKER_URL": ep.redis_broker_url,
             "LABKIT_SCENARIO": roster.scenario,
         }
         log = (student_dir / "load.log").open("w")

@@ -300,6 +300,31 @@ def _load_cells(summary: Mapping[str, Any] | None) -> str:
     )
 
 
+def _load_by_task(grades: Mapping[str, Any], load_summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """Where a profile mixes tasks (or brokers: the same task through RabbitMQ and through Redis), each one's
+    figures side by side: the lab's comparison table. Empty when every lab ran one task."""
+    rows = []
+    for sid in grades["students"]:
+        by_name = (load_summaries.get(sid) or {}).get("by_name") or {}
+        if len(by_name) < 2:
+            continue
+        for name, f in sorted(by_name.items()):
+            rows.append(
+                f"<tr><td>{html.escape(sid)}</td><td><code>{html.escape(name)}</code></td>"
+                f'<td class="num">{f.get("requests", 0)}</td><td class="num">{f.get("failures", 0)}</td>'
+                f'<td class="num">{f.get("median_ms", 0):.0f}</td><td class="num">{f.get("p95_ms", 0):.0f}</td>'
+                f'<td class="num">{f.get("rps", 0):.1f}</td></tr>'
+            )
+    if not rows:
+        return ""
+    return (
+        '<h3>Load by task and broker</h3><table class="by-task"><tr><th>student</th><th>task [queue]</th>'
+        "<th>requests</th><th>failures</th><th>median ms</th><th>p95 ms</th><th>req/s</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 _TIMELINE_COLORS = {"fault": "#c5221f", "recovered": "#137333", "ledger": "#1a73e8", "probe": "#888"}
 
 
@@ -375,6 +400,7 @@ def html_report(
     for sid in grades["students"]:
         out.append(f"<tr><td>{esc(sid)}</td>{_load_cells(load_summaries.get(sid))}</tr>")
     out.append("</table>")
+    out.append(_load_by_task(grades, load_summaries))
 
     out.append("<h2>Per student</h2>")
     for sid, student in grades["students"].items():

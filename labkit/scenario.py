@@ -23,15 +23,36 @@ KNOWN_KEYS = {
     "rubric", "starting_state_fails", "mutants", "grading", "student_ports", "app_settings", "redis_persistence",
 }  # fmt: skip
 # Components a topology may use: each is an Ansible role of the same name.
-COMPONENTS = ("rabbitmq", "redis", "flower", "celery_workers")
+COMPONENTS = ("rabbitmq", "redis", "redis_exporter", "prometheus", "alertmanager", "flower", "celery_workers")
 # Web UIs a handout may send students to (scenario.yml `student_ports`): name -> (component serving it, TCP port).
 # A student reaches these, and ssh, on their own lab hosts through the cohort's bastion; nothing else.
-STUDENT_PORTS = {"flower": ("flower", 5555), "rabbitmq-management": ("rabbitmq", 15672)}
+STUDENT_PORTS = {
+    "flower": ("flower", 5555),
+    "rabbitmq-management": ("rabbitmq", 15672),
+    "prometheus": ("prometheus", 9090),
+    "alertmanager": ("alertmanager", 9093),
+}
+# TCP ports the controller reaches on a lab host for what it runs (grading probes, load, the management API); ssh
+# (22) always. On AWS these are the only lab ports the security groups open to the controller (controller_ports).
+COMPONENT_PORTS = {
+    "rabbitmq": (5672, 15672, 15692),
+    "redis": (6379,),
+    "redis_exporter": (9121,),
+    "flower": (5555,),
+    "prometheus": (9090,),
+    "alertmanager": (9093,),
+}
 RUBRIC_KEYS = {"id", "role", "weight", "title", "hint"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 CHECK_MARK_RE = re.compile(r"""@pytest\.mark\.check\(\s*["']([^"']+)["']""")
 # Variables the kit wires itself (playbooks/vars/lab_wiring.yml): a solution cannot set them (play vars win).
 WIRING_PREFIXES = ("labkit_", "lab_", "student_access_")
+
+
+def load_request_name(task: str, queue: str | None, broker: str = "rabbitmq") -> str:
+    """How the load names a task of its mix: ``<task> [<queue>]``, plus `` via redis`` through the Redis broker."""
+    via = "" if broker == "rabbitmq" else f" via {broker}"
+    return f"{task} [{queue or 'default'}]{via}"
 
 
 class ScenarioError(Exception):
@@ -81,6 +102,23 @@ class Scenario:
             if entry["id"] == check_id:
                 return entry
         raise KeyError(f"check {check_id!r} is not in the rubric of {self.file}")
+
+    def load_request_names(self) -> set[str]:
+        """The Locust request names of the load profile's task mix (one row each in the load report)."""
+        return {
+            load_request_name(t["name"], t.get("queue"), t.get("broker", "rabbitmq"))
+            for t in self.load.get("tasks") or []
+        }
+
+    def controller_ports(self) -> list[int]:
+        """Ports the controller reaches on this scenario's lab hosts: ssh, each component's (COMPONENT_PORTS) and the
+        ports the checks read besides (``grading: {ports: [...]}`` in scenario.yml, e.g. the workers' /metrics)."""
+        ports = {22}
+        for components in self.data["topology"].values():
+            for c in components:
+                ports.update(COMPONENT_PORTS.get(c, ()))
+        ports.update(int(p) for p in (self.data.get("grading") or {}).get("ports") or [])
+        return sorted(ports)
 
     def role_of(self, component: str) -> str | None:
         """The host role that runs ``component`` (rabbitmq, redis, flower, celery_workers), or None."""
@@ -171,6 +209,24 @@ def validate(data: Any, folder: Path) -> list[str]:
             problems.append(
                 f"app_package: {folder}/app/{data.get('app_package', 'labapp')}/tasks.py not found."
             )
+    grading = data.get("grading") or {}
+    if (
+        not isinstance(grading, dict)
+        or set(grading) - {"ports"}
+        or not all(isinstance(p, int) and 0 < p < 65536 for p in grading.get("ports") or [])
+    ):
+        problems.append(
+            "grading: only `ports` (TCP ports the checks read on lab hosts besides the components' own), "
+            "a list of port numbers. Fix: e.g. grading: {ports: [9808]}."
+        )
+    components = {c for comps in topology.values() if isinstance(comps, list) for c in comps}
+    for i, task in enumerate((data.get("load") or {}).get("tasks") or []):
+        broker = task.get("broker", "rabbitmq") if isinstance(task, dict) else None
+        if broker not in ("rabbitmq", "redis") or broker not in components:
+            problems.append(
+                f"load.tasks[{i}].broker: {broker!r} must be rabbitmq or redis, a component of the topology "
+                f"({sorted(components)}). Fix: drop it (RabbitMQ) or name a broker the lab runs."
+            )
 
     rubric = data["rubric"]
     if not isinstance(rubric, list) or not rubric:
@@ -239,6 +295,12 @@ def validate(data: Any, folder: Path) -> list[str]:
         mfolder = folder / "mutants" / name
         if not ((mfolder / "vars.yml").is_file() or (mfolder / "app").is_dir()):
             problems.append(f"{where}: {mfolder}/vars.yml or {mfolder}/app/ must exist.")
+        # A mutant may also act, as a student would by hand (tasks/<host role>.yml, run by solve.yml after the roles).
+        for tasks in sorted((mfolder / "tasks").glob("*")) if (mfolder / "tasks").is_dir() else []:
+            if tasks.suffix != ".yml" or tasks.stem not in topology:
+                problems.append(
+                    f"{where}: {tasks} must be tasks/<host role>.yml for a host role of the topology {list(topology)}."
+                )
     if len(names) != len(set(names)):
         problems.append("mutants: names must be unique.")
     for label, sub in [

@@ -9,6 +9,7 @@ command line behave the same:
 
 - ``LABKIT_BROKER_URL``      e.g. amqp://s01:<pw>@10.250.1.10:5672/lab
 - ``LABKIT_RESULT_BACKEND``  e.g. redis://:<pw>@10.250.1.10:6379/0
+- ``LABKIT_REDIS_BROKER_URL`` Redis as a broker, for load tasks with ``broker: redis`` (e.g. .../1)
 - ``LABKIT_SCENARIO``        scenario folder name (the task mix and timeout come from its ``load``)
 - ``LABKIT_RESULT_TIMEOUT``  optional override of ``load.result_timeout`` (seconds)
 """
@@ -29,7 +30,7 @@ from celery import Celery
 from locust import User, between, constant, events
 from locust import stats as locust_stats
 
-from labkit.scenario import load_scenario
+from labkit.scenario import load_request_name, load_scenario
 
 DEFAULT_RESULT_TIMEOUT = 10.0
 
@@ -108,10 +109,11 @@ class TaskSpec:
     weight: int
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] | None = None
+    broker: str = "rabbitmq"  # or "redis": the lab's Redis used as a broker
 
     @property
     def request_name(self) -> str:
-        return f"{self.name} [{self.queue or 'default'}]"
+        return load_request_name(self.name, self.queue, self.broker)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ def load_profile(scenario: str, environ: dict[str, str] | None = None) -> LoadPr
             weight=int(t.get("weight", 1)),
             args=tuple(t.get("args", ())),
             kwargs=t.get("kwargs"),
+            broker=t.get("broker", "rabbitmq"),
         )
         for t in load["tasks"]
     )
@@ -183,12 +186,20 @@ class CeleryUser(User):
     def on_start(self) -> None:
         self.app = celery_app(_required_env("LABKIT_BROKER_URL"), _required_env("LABKIT_RESULT_BACKEND"))
 
+    def app_for(self, spec: TaskSpec) -> Celery:
+        """The producer of the broker a task goes through (RabbitMQ unless the profile says ``broker: redis``)."""
+        if spec.broker == "redis":
+            return celery_app(
+                _required_env("LABKIT_REDIS_BROKER_URL"), _required_env("LABKIT_RESULT_BACKEND")
+            )
+        return self.app
+
     def call(self, spec: TaskSpec) -> Any:
         """Send one task and wait for its result; report it to Locust. Never raises."""
         start = time.perf_counter()
         result_value, exception, async_result = None, None, None
         try:
-            async_result = self.app.send_task(
+            async_result = self.app_for(spec).send_task(
                 spec.name,
                 args=list(spec.args),
                 kwargs=spec.kwargs or {},

@@ -32,13 +32,12 @@ from labkit.aws.preflight import PreflightError, PreflightResult, check_or_raise
 from labkit.aws.teardown import fleet_down, reap
 from labkit.aws.tf import Runner, apply_args, cohort_paths, init_args, run, state_output
 from labkit.roster import Roster
+from labkit.scenario import load_scenario
 
 Out = Callable[[str], Any] | TextIO
 
 
 def _roles(roster: Roster) -> list[str]:
-    from labkit.scenario import load_scenario
-
     return load_scenario(roster.scenario).roles
 
 
@@ -69,6 +68,8 @@ def tfvars(roster: Roster, result: PreflightResult, roles: list[str], controller
         "availability_zone": result.availability_zone,
         "allowed_ssh_cidrs": list(roster.aws.allowed_ssh_cidrs),
         "controller_cidrs": list(roster.aws.controller_cidrs),
+        # The lab ports the grader and the load reach from the controller: the scenario's, not a fixed list.
+        "controller_ports": load_scenario(roster.scenario).controller_ports(),
         "controller_ssh_public_key": Path(f"{controller_key}.pub").read_text().strip(),
         "ssh_private_key_file": str(controller_key),
         "ssh_user": DEBIAN_SSH_USER,

@@ -44,7 +44,10 @@ BAKE_COHORT = "_bake"  # not a valid roster cohort name: never collides with a c
 COMMON = ("lab_base", "student_access")
 SUPERVISED = ("celery_workers", "flower")
 # Play order of site.yml: the order the bake installs in.
-ORDER = ("lab_base", "student_access", "rabbitmq", "redis", "supervisor", "flower", "celery_workers")
+ORDER = (
+    "lab_base", "student_access", "rabbitmq", "redis", "redis_exporter", "prometheus", "alertmanager", "supervisor",
+    "flower", "celery_workers",
+)  # fmt: skip
 # What a bake leaves behind that belongs to one host, not to the image: removed before the layer is kept.
 IDENTITY = (
     "etc/hostname",
@@ -57,6 +60,8 @@ IDENTITY = (
     "var/lib/rabbitmq/mnesia",
     "var/lib/rabbitmq/.erlang.cookie",
     "var/lib/redis/dump.rdb",
+    "var/lib/prometheus/metrics2",
+    "var/lib/prometheus/alertmanager",
     "var/lib/systemd/random-seed",
     "var/lib/dbus/machine-id",
     "var/log/journal",

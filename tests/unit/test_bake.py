@@ -27,6 +27,22 @@ def test_components_add_the_common_roles_and_supervisor_in_play_order():
         "flower",
     ]
     assert bake.components(["redis"]) == ["lab_base", "student_access", "redis"]
+    # monitoring-alerting's hosts: the exporter after the Redis it reads, Prometheus before Alertmanager.
+    assert bake.components(["redis_exporter", "rabbitmq", "redis", "flower"]) == [
+        "lab_base", "student_access", "rabbitmq", "redis", "redis_exporter", "supervisor", "flower",
+    ]  # fmt: skip
+    assert bake.components(["alertmanager", "prometheus"]) == [
+        "lab_base", "student_access", "prometheus", "alertmanager",
+    ]  # fmt: skip
+
+
+def test_the_bake_stops_every_service_it_installed_and_drops_their_data():
+    """A baked layer must not carry a service's state (Prometheus' samples, Alertmanager's silences) into labs."""
+    text = (paths.PLAYBOOKS / "bake.yml").read_text()
+    for unit in ("rabbitmq-server", "redis-server", "supervisor", "prometheus-redis-exporter", "prometheus",
+                 "prometheus-alertmanager"):  # fmt: skip
+        assert f"'{unit}' if" in text, unit
+    assert {"var/lib/prometheus/metrics2", "var/lib/prometheus/alertmanager"} <= set(bake.IDENTITY)
 
 
 def test_site_yml_and_the_bake_agree_on_the_component_order():

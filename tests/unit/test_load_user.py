@@ -210,3 +210,60 @@ def test_a_locust_that_never_exits_is_ended_after_its_run_and_its_stats_kept(tmp
     assert time.monotonic() - t0 < 30
     assert summaries["s01"]["requests"] == 40 and summaries["s01"]["failures"] == 0
     assert any("s01" in ln and "still running" in ln and "ending it" in ln for ln in lines), lines
+
+
+def test_every_scenario_has_a_locustfile_for_its_load_profile():
+    # Not importing loadtests here: locust monkey-patches the whole test process with gevent.
+    from labkit.load import locustfile_for
+    from labkit.roster import known_scenarios
+    from labkit.scenario import load_scenario
+
+    for scenario in known_scenarios():
+        assert locustfile_for(scenario).is_file(), scenario
+        assert load_scenario(scenario).load_request_names(), scenario
+    assert load_scenario("broker-durability").load_request_names() == {
+        "labapp.tasks.pay [payments]",
+        "labapp.tasks.pay_via_redis [payments_redis] via redis",
+    }
+
+
+def test_a_load_task_goes_through_the_broker_its_profile_names(redis_url, tmp_path, monkeypatch):
+    """broker-durability's profile sends the same payment through RabbitMQ and through Redis as a broker. Here the
+    Redis broker (database 1) has a real worker and the "RabbitMQ" one (database 2 of the same server) has none: the
+    Redis payments round-trip, the others all time out, and the report keeps them apart (the comparison table)."""
+    scenario = "broker-durability"
+    monkeypatch.setenv("LABKIT_RESULT_TIMEOUT", "1")  # the unconsumed payments give up fast
+    server = redis_url.rsplit("/", 1)[0]
+    app_dir = tmp_path / "app"
+    shutil.copytree(paths.scenario_dir(scenario) / "app" / "labapp", app_dir / "labapp")
+    (app_dir / "labapp" / "celeryconfig.py").write_text(
+        f"broker_url = {server + '/1'!r}\nresult_backend = {server + '/0'!r}\n"
+        "broker_connection_retry_on_startup = True\n"
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "celery"), "-A", "labapp.tasks", "worker", "-Q", "payments_redis", "-n", "redis@%h",
+             "-P", "threads", "-c", "4", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO"],
+            cwd=app_dir, env={**os.environ, "PYTHONPATH": str(app_dir)}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while "ready." not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        roster = Roster(
+            path=tmp_path / "cohort.yml", cohort="unit", scenario=scenario, target="local",
+            students=(Student(id="s01", name="Ada", ssh_public_key="ssh-ed25519 AAAA"),),
+        )  # fmt: skip
+        summaries = run_load(
+            roster, out=lambda _l: None, users=4, spawn_rate=4, run_time="6s", reports_dir=tmp_path / "reports",
+            endpoints=lambda _r, _s: LabEndpoints(server + "/2", server + "/0", "127.0.0.1", server + "/1"),
+        )  # fmt: skip
+    finally:
+        _stop(proc)
+    by_name = summaries["s01"]["by_name"]
+    via_redis = by_name["labapp.tasks.pay_via_redis [payments_redis] via redis"]
+    via_rabbit = by_name["labapp.tasks.pay [payments]"]
+    assert via_redis["requests"] > 0 and via_redis["failures"] == 0 and via_redis["rps"] > 0, by_name
+    assert via_rabbit["requests"] > 0 and via_rabbit["failures"] == via_rabbit["requests"], by_name

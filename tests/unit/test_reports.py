@@ -118,6 +118,28 @@ def test_html_has_every_student_hint_and_load(grades, data):
     assert "<svg" in page and "http" not in page.replace("http-equiv", "")  # self-contained
 
 
+def test_html_compares_tasks_and_brokers_side_by_side(grades, data):
+    """broker-durability's load sends one payment through each broker: the report shows both rows per student."""
+    load = {
+        "s01": {
+            **data["load"]["s01"],
+            "by_name": {
+                "labapp.tasks.pay [payments]": {"requests": 120, "failures": 0, "median_ms": 14, "p95_ms": 30,
+                                                "rps": 6.1},
+                "labapp.tasks.pay_via_redis [payments_redis] via redis": {"requests": 180, "failures": 2,
+                                                                         "median_ms": 9, "p95_ms": 21, "rps": 9.2},
+            },
+        }
+    }  # fmt: skip
+    page = reports.html_report(grades, load)
+    table = page[page.index("Load by task and broker") :]
+    assert "<code>labapp.tasks.pay [payments]</code>" in table
+    assert "<code>labapp.tasks.pay_via_redis [payments_redis] via redis</code>" in table
+    assert '<td class="num">9.2</td>' in table and '<td class="num">6.1</td>' in table
+    # One task per lab (the fixture's own load): no comparison table.
+    assert "Load by task and broker" not in reports.html_report(grades, {"s01": {"by_name": {"a": {}}}})
+
+
 def test_pass_rates(grades):
     rates = reports.pass_rates(grades)
     assert rates["broker-ready"] == pytest.approx(2 / 3)

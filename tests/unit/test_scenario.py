@@ -62,6 +62,25 @@ def test_mutant_must_fail_must_be_rubric_ids_and_a_near_miss(broken):
     assert "mutants[1] (early-ack): must_fail equals starting_state_fails" in text
 
 
+def test_a_mutants_hand_tasks_name_a_host_role(broken, tmp_path):
+    tasks = tmp_path / "queue-segregation" / "mutants" / "early-ack" / "tasks"
+    tasks.mkdir()
+    (tasks / "monitor.yml").write_text("---\n[]\n")
+
+    text = broken(lambda d: None)
+    assert "mutants[1] (early-ack):" in text and "tasks/<host role>.yml for a host role" in text
+
+
+def test_load_tasks_go_through_a_broker_the_lab_runs(broken):
+    def change(d):
+        d["load"]["tasks"][0]["broker"] = "kafka"
+        d["load"]["tasks"][1]["broker"] = "redis"  # queue-segregation has redis: allowed
+
+    text = broken(change)
+    assert "load.tasks[0].broker: 'kafka' must be rabbitmq or redis" in text
+    assert "load.tasks[1]" not in text
+
+
 def test_unimplemented_checks(broken):
     def change(d):
         d["rubric"].append({"id": "new-check", "role": "worker", "weight": 1, "title": "t", "hint": "h"})

@@ -30,5 +30,6 @@ module "lab_fleet" {
   availability_zone         = var.availability_zone
   allowed_ssh_cidrs         = var.allowed_ssh_cidrs
   controller_cidrs          = var.controller_cidrs
+  controller_ports          = var.controller_ports
   controller_ssh_public_key = var.controller_ssh_public_key
 }

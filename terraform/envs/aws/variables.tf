@@ -71,6 +71,12 @@ variable "controller_cidrs" {
   description = "IPv4 networks of the controller (roster aws.controller_cidrs): the only outside source of the lab ports."
 }
 
+variable "controller_ports" {
+  type        = list(number)
+  default     = [22, 5555, 5672, 6379, 15672]
+  description = "TCP ports the controller reaches on lab hosts (labkit: the scenario's components and grading ports)."
+}
+
 variable "controller_ssh_public_key" {
   type        = string
   description = "Public half of the cohort controller key (inventories/<cohort>/.ssh/id_ed25519.pub)."

@@ -109,6 +109,8 @@ def test_up_runs_terraform_then_writes_hosts_and_inventory(session: boto3.Sessio
     assert tfvars["ssh_user"] == "admin" and tfvars["expires_at"] == "2026-12-24T00:00:00Z"
     assert tfvars["controller_ssh_public_key"].startswith("ssh-ed25519 ")
     assert tfvars["ssh_private_key_file"] == str(folder / ".ssh" / "id_ed25519")
+    # The lab ports the grader and the load reach from the controller come from the scenario.
+    assert tfvars["controller_ports"] == [22, 5555, 5672, 6379, 15672, 15692]
     assert (folder / ".ssh" / "id_ed25519").is_file()
 
     hosts = json.loads((folder / "lab_hosts.json").read_text())

@@ -197,6 +197,7 @@ output "hosts" { value = local.hosts }
 output "ssh_rules" { value = local.ssh_rules }
 output "common_tags" { value = local.common_tags }
 output "shared_tags" { value = local.shared_tags }
+output "controller_rules" { value = local.controller_rules }
 """
 
 
@@ -256,6 +257,25 @@ def test_hosts_are_keyed_by_student_and_role_so_growing_a_cohort_touches_nobody(
         "expires_at": "2026-12-24T00:00:00Z",
     }
     assert after["shared_tags"]["student"] == "*" and after["shared_tags"]["role"] == "*"
+
+
+def test_the_controller_reaches_exactly_the_ports_the_scenarios_grader_reads(tmp_path: Path) -> None:
+    """monitoring-alerting's checks read Prometheus (9090), Alertmanager (9093) and the workers' /metrics (9808) from
+    the controller: labkit passes the scenario's ports, and the security groups open those, to the controller only."""
+    from labkit.scenario import load_scenario
+
+    ports = load_scenario("monitoring-alerting").controller_ports()
+    assert {22, 5672, 15672, 6379, 5555, 9090, 9093, 9808} <= set(ports)
+    inputs = module_inputs(["s01", "s02"], scenario="monitoring-alerting", roles=["broker", "worker", "monitor"],
+                           controller_cidrs=["198.51.100.7/32"], controller_ports=ports)  # fmt: skip
+    rc, out, err = evaluate_inputs(tmp_path, inputs)
+    assert rc == 0, err
+    rules = out["controller_rules"]
+    assert {(r["student"], r["cidr"], r["port"]) for r in rules.values()} == {
+        (s, "198.51.100.7/32", p) for s in ("s01", "s02") for p in ports
+    }
+    # queue-segregation's grader needs none of them.
+    assert load_scenario("queue-segregation").controller_ports() == [22, 5555, 5672, 6379, 15672, 15692]
 
 
 def test_kit_tags_override_extra_tags_and_missing_expiry_is_none(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The lab's Celery app (monitoring-alerting scenario)."""
