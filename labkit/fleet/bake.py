@@ -60,8 +60,6 @@ IDENTITY = (
     "var/lib/rabbitmq/mnesia",
     "var/lib/rabbitmq/.erlang.cookie",
     "var/lib/redis/dump.rdb",
-    "var/lib/prometheus/metrics2",
-    "var/lib/prometheus/alertmanager",
     "var/lib/systemd/random-seed",
     "var/lib/dbus/machine-id",
     "var/log/journal",
