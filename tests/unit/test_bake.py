@@ -44,7 +44,7 @@ def test_the_bake_stops_every_service_it_installed_and_drops_their_data():
         assert f"'{unit}' if" in text, unit
     # Their data folders are emptied, not removed: a service started at first boot without one fails until systemd's
     # start limit refuses the converge's own start.
-    assert "find {{ item }} -mindepth 1 -delete" in text
+    assert 'argv: [find, "{{ item }}", -mindepth, "1", -delete]' in text
     assert "/var/lib/prometheus/metrics2" in text and "/var/lib/prometheus/alertmanager" in text
     assert not {"var/lib/prometheus/metrics2", "var/lib/prometheus/alertmanager"} & set(bake.IDENTITY)
 
