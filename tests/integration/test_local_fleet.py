@@ -767,7 +767,10 @@ def test_no_secret_reaches_reports_or_logs(cohort):
 
 def test_roster_payloads_never_run(cohort, tmp_path):
     folder, env = cohort
-    marker = tmp_path / "pwned"
+    # A short path: the payload must stay under the roster's 100-character name limit, or the name is refused for its
+    # length before the template check this test is about (pytest's tmp_path grows with its run counter).
+    marker = Path("/tmp") / f"lk-pwned-{os.getpid()}"
+    marker.unlink(missing_ok=True)
     bad = tmp_path / "bad"
     (bad / "keys").mkdir(parents=True)
     keygen(bad / "keys" / "s01")
