@@ -35,7 +35,7 @@ def test_broker_ready(host, lab):
         f"user {lab.student!r} has no permissions on vhost 'lab' (users with some: {perms})"
     )
     open_local, _ = tcp_open(host, "127.0.0.1", 15672)
-    open_lab, error = tcp_open(host, lab.endpoint("rabbitmq"), 15672)
+    open_lab, error = tcp_open(host, lab.lab_endpoint("rabbitmq"), 15672)
     assert open_local or open_lab, f"management plugin: nothing listens on port 15672 ({error})"
 
 

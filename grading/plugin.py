@@ -249,6 +249,27 @@ class Lab:
                 f"no {role} host with an address for {self.student} in lab_hosts.json"
             ) from None
 
+    def lab_address(self, role: str) -> str:
+        """The address the lab's own hosts use for ``role`` (on AWS its private one: what RabbitMQ sees as a
+        peer, what a lab host dials); ``address`` is where the controller reaches it."""
+        entry = self.hosts.get(role) or {}
+        found = entry.get("lab_address") or entry.get("address")
+        if not found:
+            raise LookupError(f"no {role} host with an address for {self.student} in lab_hosts.json")
+        return found
+
+    def lab_endpoint(self, component: str) -> str:
+        """Like ``endpoint``, as the lab's own hosts reach it (for probes that run on a lab host)."""
+        lab = {
+            role: e.get("lab_address") or e["address"] for role, e in self.hosts.items() if e.get("address")
+        }
+        found = self.scenario.endpoints(lab).get(component)
+        if not found:
+            raise LookupError(
+                f"no host of {self.student}'s lab runs {component} (scenario {self.scenario.name})"
+            )
+        return found
+
     def credential(self, name: str) -> str:
         """A password from inventories/<cohort>/credentials/<student>/<name>."""
         path = self.folder / "credentials" / self.student / name

@@ -122,13 +122,21 @@ def cmd_solve(args) -> int:
 
 
 def cmd_load(args) -> int:
-    from labkit.load import run_load
+    from labkit.load import DEFAULT_GENERATOR_WORKERS, load_generator, run_load
 
     r = _roster(args.cohort)
-    summaries = run_load(r, students=args.student or None, out=_say, workers=getattr(args, "workers", 0) or 0)
-    if getattr(args, "workers", 0):
+    workers = getattr(args, "workers", 0) or 0
+    # A cohort with a load generator (aws.load_generator) runs Locust's workers there: the controller's address
+    # may not reach the labs' ports, the generator inside the VPC does.
+    generator = None if getattr(args, "on_controller", False) else load_generator(r)
+    if generator and not workers:
+        workers = DEFAULT_GENERATOR_WORKERS
+    if generator:
+        _say(f"load: {workers} Locust workers per lab on the load generator {generator['name']}")
+    summaries = run_load(r, students=args.student or None, out=_say, workers=workers, generator=generator)
+    if workers:
         short = [sid for sid, s in summaries.items() if (s.get("distributed") or {}).get("workers_connected")
-                 != args.workers or not all((s.get("distributed") or {}).get("requests_by_worker") or [0])]  # fmt: skip
+                 != workers or not all((s.get("distributed") or {}).get("requests_by_worker") or [0])]  # fmt: skip
         if short:
             _say(
                 f"load: distributed run incomplete for {', '.join(short)} (see reports/<cohort>/<student>/load.log)"
@@ -178,7 +186,12 @@ def cmd_demo(args) -> int:
                 argparse.Namespace(cohort=args.cohort, student=[r.students[0].id], mutant=None)
             ),
         ),
-        ("load", lambda: cmd_load(argparse.Namespace(cohort=args.cohort, student=None, workers=0))),
+        (
+            "load",
+            lambda: cmd_load(
+                argparse.Namespace(cohort=args.cohort, student=None, workers=0, on_controller=False)
+            ),
+        ),
         ("grade", lambda: cmd_grade(argparse.Namespace(cohort=args.cohort, student=None))),
     ]
     for i, (name, step) in enumerate(steps, 1):
@@ -249,7 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")
     sp.add_argument(
         "--workers", type=int, default=0, metavar="N",
-        help="run each lab's Locust distributed: a master and N worker processes",
+        help="run each lab's Locust distributed: a master and N worker processes (on the cohort's load generator "
+             "when it has one, else here)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--on-controller", action="store_true",
+        help="run the workers here even when the cohort has a load generator",
     )  # fmt: skip
     sp = cohort_cmd("grade", cmd_grade, "run the checks; write JUnit, JSON, CSV and HTML reports")
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")

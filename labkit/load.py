@@ -50,8 +50,9 @@ def read_credential(cohort_folder: Path, student: str, name: str) -> str:
     return path.read_text().strip()
 
 
-def lab_endpoints(roster: Roster, student: str) -> LabEndpoints:
-    """Broker and result backend URLs of one student's lab, as seen from the controller."""
+def lab_endpoints(roster: Roster, student: str, *, inside: bool = False) -> LabEndpoints:
+    """Broker and result backend URLs of one student's lab, as seen from the controller (the hosts' ``address``),
+    or with ``inside`` from within the lab's network (a load generator in the VPC: the private ``lab_address``)."""
     try:
         hosts = load_lab_hosts(roster.folder)
     except FileNotFoundError as exc:
@@ -59,7 +60,7 @@ def lab_endpoints(roster: Roster, student: str) -> LabEndpoints:
     from labkit.inventory import lab_address
 
     scenario = load_scenario(roster.scenario, strict=False)
-    lab = {h["role"]: lab_address(h) for h in hosts if h["student"] == student}
+    lab = {h["role"]: lab_address(h) if inside else h["address"] for h in hosts if h["student"] == student}
     endpoints = scenario.endpoints(lab)
     missing = [c for c in ("rabbitmq", "redis") if c not in endpoints]
     if missing:
@@ -203,6 +204,33 @@ def locust_worker_command(scenario: str, master_port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def load_generator(roster: Roster) -> dict[str, Any] | None:
+    """The cohort's load-generator host (written by `labkit fleet up` for aws.load_generator), or None."""
+    from labkit.inventory import cohort_files
+
+    path = cohort_files(roster.folder)["load_generator"]
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+REMOTE_WORKER = "/usr/local/bin/labkit-load-worker"  # roles/load_generator
+DEFAULT_GENERATOR_WORKERS = 2
+
+
+def remote_workers_command(
+    roster: Roster, generator: dict[str, Any], master_port: int, workers: int
+) -> list[str]:
+    """ssh to the load generator, forwarding its 127.0.0.1:<port> back to the master on the controller, and start
+    ``workers`` Locust workers there (labkit-load-worker). The lab's URLs go on the connection's stdin."""
+    from labkit.inventory import cohort_files
+
+    return [
+        "ssh", "-F", str(cohort_files(roster.folder)["ssh_config"]),
+        "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15",
+        "-R", f"127.0.0.1:{master_port}:127.0.0.1:{master_port}",
+        generator["name"], REMOTE_WORKER, roster.scenario, str(master_port), str(workers),
+    ]  # fmt: skip
+
+
 def _free_port() -> int:
     import socket
 
@@ -234,13 +262,16 @@ def run_load(
     spawn_rate: float | None = None,
     run_time: str | None = None,
     reports_dir: Path | None = None,
-    endpoints: Callable[[Roster, str], LabEndpoints] = lab_endpoints,
+    endpoints: Callable[..., LabEndpoints] = lab_endpoints,
     workers: int = 0,
+    generator: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the scenario's load against each student's lab in parallel; return summaries by student.
 
     ``workers`` > 0 runs each lab's Locust distributed: a master and that many worker processes; the summary says
-    how many workers the master had connected and how many requests each worker sent.
+    how many workers the master had connected and how many requests each worker sent. With ``generator`` (the
+    cohort's load-generator host) the workers run there, over ssh, against the labs' private addresses; the
+    master stays here and reaches them through the connection's remote forward.
 
     ``users``/``spawn_rate``/``run_time`` default to the scenario's ``load`` section.
     Each summary is also written to reports/<cohort>/<student>/load_summary.json.
@@ -272,7 +303,7 @@ def run_load(
         for stale in student_dir.glob("load_*.csv"):
             stale.unlink()
         try:
-            ep = endpoints(roster, sid)
+            ep = endpoints(roster, sid, inside=True) if generator else endpoints(roster, sid)
         except LoadError as exc:
             summaries[sid] = _finish(student_dir, sid, {"error": str(exc)}, load, profile)
             out(f"load {sid}: {_format_summary(summaries[sid])}")
@@ -294,18 +325,30 @@ def run_load(
         )
         proc = subprocess.Popen(cmd, cwd=paths.REPO, env={**env, "LABKIT_LOAD_MASTER_REPORT": str(
             student_dir / "load_master.json")}, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        helpers[sid] = [
-            subprocess.Popen(
-                locust_worker_command(roster.scenario, port), cwd=paths.REPO,
-                env={**env, "LABKIT_LOAD_WORKER_REPORT": str(student_dir / f"load_worker{i}.json")},
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-            for i in range(1, workers + 1)
-        ]  # fmt: skip
+        if generator and workers:
+            remote = subprocess.Popen(
+                remote_workers_command(roster, generator, port, workers), cwd=paths.REPO,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            )  # fmt: skip
+            assert remote.stdin is not None
+            remote.stdin.write("".join(f"{k}={env[k]}\n" for k in (
+                "LABKIT_BROKER_URL", "LABKIT_RESULT_BACKEND", "LABKIT_REDIS_BROKER_URL")))  # fmt: skip
+            remote.stdin.close()
+            helpers[sid] = [remote]
+        else:
+            helpers[sid] = [
+                subprocess.Popen(
+                    locust_worker_command(roster.scenario, port), cwd=paths.REPO,
+                    env={**env, "LABKIT_LOAD_WORKER_REPORT": str(student_dir / f"load_worker{i}.json")},
+                    stdout=log, stderr=subprocess.STDOUT,
+                )
+                for i in range(1, workers + 1)
+            ]  # fmt: skip
         running[sid] = (proc, student_dir, time.monotonic(), log)
         out(
             f"load {sid}: started ({users} users, spawn {spawn_rate}/s, {run_time}) "
             f"against {ep.broker_address}"
+            + (f", {workers} workers on {generator['name']}" if generator else "")
         )
 
     # Locust sometimes never exits after its run (a greenlet stuck in the result backend's pubsub at
@@ -331,6 +374,8 @@ def run_load(
                 except subprocess.TimeoutExpired:
                     worker.kill()
                     worker.wait(timeout=10)
+                if worker.stdout is not None:  # the load generator's workers report on the ssh connection
+                    _save_remote_reports(worker.stdout.read(), student_dir)
             log.close()
             del running[sid]
             stats_csv = student_dir / "load_stats.csv"
@@ -353,6 +398,18 @@ def run_load(
 
 
 LOAD_GRACE_S = 60.0
+
+
+def _save_remote_reports(text: str, student_dir: Path) -> None:
+    """labkit-load-worker's JSON lines ({"worker": i, "requests": n}) as the local workers' report files."""
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+            i, sent = int(row["worker"]), row["requests"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if sent is not None and 1 <= i <= 64:
+            (student_dir / f"load_worker{i}.json").write_text(json.dumps({"requests": int(sent)}))
 
 
 def _distributed_report(student_dir: Path, workers: int) -> dict[str, Any]:

@@ -30,7 +30,15 @@ TARGETS = ("local", "aws")
 NAME_MAX = 100
 TEMPLATE_MARKERS = ("{{", "}}", "{%", "%}", "{#", "#}", "${", "%{")
 AWS_FIELDS = frozenset(
-    {"region", "instance_type", "allowed_ssh_cidrs", "ami", "availability_zone", "controller_cidrs"}
+    {
+        "region",
+        "instance_type",
+        "allowed_ssh_cidrs",
+        "ami",
+        "availability_zone",
+        "controller_cidrs",
+        "load_generator",
+    }
 )
 AMI_RE = re.compile(r"^ami-[0-9a-f]{8,17}$")
 AZ_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
@@ -120,6 +128,8 @@ class AwsSettings:
     ami: str | None = None
     availability_zone: str | None = None
     controller_cidrs: tuple[str, ...] = ()
+    # The cohort's load-generator host inside the VPC (Locust workers near the brokers): its instance type, or None.
+    load_generator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -426,6 +436,7 @@ def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
             problems.append(
                 f"aws.controller_cidrs: {c!r} is not an IPv4 CIDR block of the controller. Fix: e.g. 198.51.100.7/32."
             )
+    load_generator = _load_generator_type(raw.get("load_generator", False), itype, problems)
     unknown = sorted(set(raw) - AWS_FIELDS)
     if unknown:
         problems.append(f"aws: unknown field(s) {', '.join(map(repr, unknown))}. Fix: remove them.")
@@ -439,9 +450,27 @@ def _aws_settings(raw: Any) -> tuple[AwsSettings | None, list[str]]:
             ami=raw.get("ami"),
             availability_zone=raw.get("availability_zone"),
             controller_cidrs=tuple(str(c) for c in controller),
+            load_generator=load_generator,
         ),
         [],
     )
+
+
+def _load_generator_type(raw: Any, instance_type: Any, problems: list[str]) -> str | None:
+    """``aws.load_generator``: false (none), true (one host of the labs' instance type) or {instance_type: ...}."""
+    fix = "Fix: true, false, or {instance_type: c6i.large}."
+    if raw is False or raw is None:
+        return None
+    if raw is True:
+        return instance_type if isinstance(instance_type, str) else None
+    if isinstance(raw, dict) and set(raw) <= {"instance_type"}:
+        itype = raw.get("instance_type", instance_type)
+        if isinstance(itype, str) and re.match(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", itype):
+            return itype
+        problems.append(f"aws.load_generator.instance_type: {itype!r} is not an instance type. {fix}")
+        return None
+    problems.append(f"aws.load_generator: {raw!r} is not a load-generator setting. {fix}")
+    return None
 
 
 def _access_settings(raw: Any) -> tuple[AccessSettings, list[str]]:

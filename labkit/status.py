@@ -72,8 +72,9 @@ def collect(roster: Roster, reports_base: Path | None = None) -> dict[str, Any]:
 
     def one(student: str) -> dict[str, Any]:
         mine = {h["role"]: h for h in hosts if h["student"] == student}
-        addresses = {role: lab_address(h) for role, h in mine.items()}
-        endpoints = scenario.endpoints(addresses)
+        # Probes go from the controller (the hosts' `address`); RabbitMQ names a worker by its lab address.
+        endpoints = scenario.endpoints({role: h["address"] for role, h in mine.items()})
+        peers = scenario.endpoints({role: lab_address(h) for role, h in mine.items()})
         row: dict[str, Any] = {"student": student, "hosts": {}, "services": {}}
         for role, h in sorted(mine.items()):
             running = _host_running(roster, h["name"])
@@ -83,7 +84,7 @@ def collect(roster: Roster, reports_base: Path | None = None) -> dict[str, Any]:
                 row["services"][comp] = "up" if _port_open(endpoints[comp], port) else "down"
         if "celery_workers" in endpoints and "rabbitmq" in endpoints:
             cred = roster.folder / "credentials" / student / "grader"
-            n = _consumers_from(endpoints["celery_workers"], endpoints["rabbitmq"],
+            n = _consumers_from(peers["celery_workers"], endpoints["rabbitmq"],
                                 cred.read_text().strip() if cred.is_file() else None)  # fmt: skip
             row["services"]["workers"] = "?" if n is None else (f"up ({n} consumers)" if n else "down")
         g = grades.get(student)

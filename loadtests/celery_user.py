@@ -126,7 +126,7 @@ class LoadProfile:
 def load_profile(scenario: str, environ: dict[str, str] | None = None) -> LoadProfile:
     """The task mix and result timeout of ``scenario``; LABKIT_RESULT_TIMEOUT overrides the timeout."""
     env = os.environ if environ is None else environ
-    load = load_scenario(scenario).load
+    load = load_scenario(scenario, strict=False).load
     tasks = tuple(
         TaskSpec(
             name=t["name"],

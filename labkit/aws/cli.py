@@ -70,6 +70,8 @@ def tfvars(roster: Roster, result: PreflightResult, roles: list[str], controller
         "controller_cidrs": list(roster.aws.controller_cidrs),
         # The lab ports the grader and the load reach from the controller: the scenario's, not a fixed list.
         "controller_ports": load_scenario(roster.scenario).controller_ports(),
+        # aws.load_generator: one host inside the VPC for Locust's workers (labkit load), or none.
+        "load_generator_instance_type": roster.aws.load_generator,
         "controller_ssh_public_key": Path(f"{controller_key}.pub").read_text().strip(),
         "ssh_private_key_file": str(controller_key),
         "ssh_user": DEBIAN_SSH_USER,
@@ -114,8 +116,18 @@ def up(
     inventory = write_inventory(roster)
     # The same hosts.yml / ssh_config as the local engine, so site.yml, load and grade
     # do not care where the hosts are; lab traffic uses their private addresses.
-    inventory_files.write_cohort_files(roster, hosts, host_keys={}, pip_extra_args="")
+    try:
+        generator = state_output(files.state, "load_generator")
+    except KeyError:
+        generator = None  # a state from before the option (its outputs are written by the next apply)
+    inventory_files.write_cohort_files(
+        roster, hosts, host_keys={}, pip_extra_args="", load_generator=generator
+    )
     say(f"{len(hosts)} lab hosts: {files.lab_hosts}; inventory: {inventory} (and hosts.yml)")
+    if generator:
+        say(
+            f"load generator {generator['name']} at {generator['address']} (labkit load runs Locust's workers there)"
+        )
     return 0
 
 
@@ -155,7 +167,7 @@ def status(roster: Roster, out: Out = print, *, session: Any = None) -> int:
     for name, state, public, private, expires in sorted(rows):
         say(f"{name:40} {state:10} {public:16} {private:16} expires {expires}")
     running = sum(1 for r in rows if r[1] == "running")
-    expected = len(roster.students) * len(_roles(roster))
+    expected = len(roster.students) * len(_roles(roster)) + (1 if roster.aws.load_generator else 0)
     say(f"fleet status {roster.cohort}: {running}/{expected} hosts running")
     return 0 if running == expected else 1
 
@@ -220,6 +232,7 @@ def cost_main(roster: Roster, price: float, *, out: Out = print, now: dt.datetim
     itype = roster.aws.instance_type if roster.aws else "(local)"
     students = len(roster.students)
     per_student = len(roles) * price
+    generator = roster.aws.load_generator if roster.aws else None
     lines = [
         f"cohort {roster.cohort}: {students} students x {len(roles)} hosts ({', '.join(roles)}) "
         f"of {itype} at ${price:g} per instance-hour",
@@ -227,6 +240,12 @@ def cost_main(roster: Roster, price: float, *, out: Out = print, now: dt.datetim
         f"  per cohort-hour:  ${per_student * students:.4f}",
         f"  per cohort-day:   ${per_student * students * 24:.2f}",
     ]
+    if generator:
+        lines.append(
+            f"  plus the load generator ({generator}): not priced here (its own type's price per hour)"
+            if generator != itype
+            else f"  plus the load generator ({generator}): ${price:.4f} per hour"
+        )
     if roster.expires_at:
         now = now or dt.datetime.now(dt.UTC)
         until = dt.datetime.fromisoformat(roster.expires_at.replace("Z", "+00:00"))

@@ -3,7 +3,8 @@
 Group and host-variable names are the local inventory's: ``student_<id>``,
 ``role_<role>``, ``scenario_<name>`` (every '-' as '_'), and lab_student, lab_role,
 lab_address; host names are the Name tag, ``<cohort>-<student>-<role>`` as in lab_hosts.
-Playbooks therefore run unchanged against either target.
+Playbooks provision through the generated hosts.yml (it has the lab wiring this inventory lacks); this one is
+for looking at the fleet (ansible-inventory --graph) and ad-hoc commands.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def inventory_config(roster: Roster, ssh_user: str = DEBIAN_SSH_USER) -> dict[st
             {"key": "tags.role | replace('-', '_')", "prefix": "role", "separator": "_"},
             {"key": "tags.scenario | replace('-', '_')", "prefix": "scenario", "separator": "_"},
         ],
+        # The cohort's load generator (aws.load_generator) is in no lab's group, only its own.
+        "groups": {"load_generator": "tags.role == 'load_generator'"},
         "compose": {
             # ssh goes to the public address; the lab's own traffic uses private ones,
             # because lab ports are open only between the student's own hosts.
@@ -61,7 +64,9 @@ def inventory_config(roster: Roster, ssh_user: str = DEBIAN_SSH_USER) -> dict[st
                 [
                     _jinja_literal("-o UserKnownHostsFile="),
                     _jinja_literal(str(roster.folder / "known_hosts")),
-                    _jinja_literal(" -o StrictHostKeyChecking=accept-new"),
+                    _jinja_literal(
+                        " -o StrictHostKeyChecking=accept-new -o HashKnownHosts=no -o IdentitiesOnly=yes"
+                    ),
                 ]
             ),
             "lab_cohort": "tags.cohort",

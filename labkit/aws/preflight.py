@@ -47,6 +47,7 @@ class PreflightResult:
     architecture: str | None = None
     vcpus_per_host: int | None = None
     hosts: int = 0
+    generator_vcpus: int = 0  # the load generator's (aws.load_generator), 0 without one
 
     @property
     def ok(self) -> bool:
@@ -162,6 +163,22 @@ def run_preflight(
             f"aws.instance_type: {aws.instance_type!r} is not an instance type in {aws.region} "
             f"({_error_text(exc)}). Fix: e.g. t3.small."
         )
+
+    # The load generator: a type that exists, of the labs' architecture (it boots the cohort's one image).
+    if aws.load_generator and result.architecture is not None:
+        try:
+            gen = ec2.describe_instance_types(InstanceTypes=[aws.load_generator])["InstanceTypes"][0]
+            result.generator_vcpus = int(gen["VCpuInfo"]["DefaultVCpus"])
+            if result.architecture not in gen.get("ProcessorInfo", {}).get("SupportedArchitectures", []):
+                problems.append(
+                    f"aws.load_generator.instance_type: {aws.load_generator} does not run {result.architecture}, "
+                    f"the labs' architecture ({aws.instance_type}). Fix: pick a type of the same architecture."
+                )
+        except (ClientError, BotoCoreError, IndexError) as exc:
+            problems.append(
+                f"aws.load_generator.instance_type: {aws.load_generator!r} is not an instance type in "
+                f"{aws.region} ({_error_text(exc)}). Fix: e.g. c6i.large, or true for the labs' type."
+            )
 
     # Zone: the instance type must be offered there.
     if result.vcpus_per_host is not None:
@@ -309,12 +326,19 @@ def _quota_problems(
         running = _running_standard_vcpus(ec2, roster.cohort)
     except (ClientError, BotoCoreError) as exc:
         return [f"vCPU quota: could not count running instances ({_error_text(exc)})."]
-    need = result.hosts * result.vcpus_per_host
+    generator = (
+        result.generator_vcpus
+        if aws.load_generator and _instance_family_is_standard(aws.load_generator)
+        else 0
+    )
+    need = result.hosts * result.vcpus_per_host + generator
     if need + running > limit:
         per_student = result.hosts // max(len(roster.students), 1)
         return [
             f"vCPU quota: the cohort needs {need} vCPUs ({len(roster.students)} students x {per_student} "
-            f"hosts x {result.vcpus_per_host} vCPUs of {aws.instance_type}) and {running} already run, "
+            f"hosts x {result.vcpus_per_host} vCPUs of {aws.instance_type}"
+            + (f", plus {generator} of the load generator" if generator else "")
+            + f") and {running} already run, "
             f"but the On-Demand Standard quota ({VCPU_QUOTA_CODE}) in {aws.region} is {limit:g}. "
             f"Fix: request at least {need + running:g} in Service Quotas, pick a smaller instance type, "
             "or split the cohort."

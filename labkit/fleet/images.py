@@ -216,6 +216,9 @@ def ensure_wheelhouse(out: Callable[[str], None] = print) -> Path:
                 "manylinux2014_x86_64",
                 "--platform",
                 "manylinux_2_17_x86_64",
+                # Debian 12's glibc is 2.36: gevent and pyzmq (Locust's, for the load generator) ship 2_28 wheels only.
+                "--platform",
+                "manylinux_2_28_x86_64",
                 "--platform",
                 "any",
                 "-d",

@@ -666,6 +666,46 @@ def simulate_reboot(cohort: str) -> None:
     )
 
 
+def test_load_runs_its_workers_on_a_load_generator_over_ssh(cohort):
+    """An AWS cohort's load path, on real hosts: roles/load_generator on a Debian 12 host, then `labkit load` with the
+    master here and Locust's workers there, reached through the ssh connection's remote forward, the lab's URLs on
+    its stdin. The local fleet has no load generator (its controller reaches every lab), so s01's own worker host
+    plays it, for s01's lab only."""
+    folder, env = cohort
+    generator = next(
+        h for h in json.loads((folder / "lab_hosts.json").read_text()) if h["name"] == f"{COHORT}-s01-worker"
+    )
+    playbook = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(folder / "hosts.yml"),
+                "tests/fixtures/playbooks/load_generator_on_lab_host.yml", "-e", f"labkit_test_generator={generator['name']}"]  # fmt: skip
+    repo = Path(__file__).resolve().parents[2]
+    for run, changed in ((1, None), (2, 0)):
+        res = subprocess.run(playbook, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+        rows = recap(res.stdout)
+        if changed is not None:
+            assert rows[generator["name"]]["changed"] == changed, f"run {run} is not idempotent: {rows}"
+    (folder / "load_generator.json").write_text(
+        json.dumps({**generator, "role": "load_generator", "student": ""})
+    )
+    try:
+        out = labkit("load", str(folder), "--student", "s01", env=env)
+    finally:
+        (folder / "load_generator.json").unlink()
+    assert f"2 Locust workers per lab on the load generator {generator['name']}" in out, out
+    summary = json.loads((Path(env["LABKIT_REPORTS_DIR"]) / COHORT / "s01" / "load_summary.json").read_text())
+    dist = summary["distributed"]
+    assert dist["workers_connected"] == 2 and all(n and n > 0 for n in dist["requests_by_worker"]), dist
+    assert summary["held"] and summary["requests"] >= sum(dist["requests_by_worker"]) > 0, summary
+    # The lab's passwords reached the workers on stdin only: nothing of them on the generator's disk.
+    secret = (folder / "credentials" / "s01" / "rabbitmq").read_text().strip()
+    found = subprocess.run(
+        ["ssh", "-F", str(folder / "ssh_config"), generator["name"],
+         "sudo grep -rlF -f - /opt/labkit-load /tmp /var/tmp /usr/local/bin; echo rc=$?"],
+        input=secret + "\n", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert found.stdout.strip().endswith("rc=1"), found.stdout + found.stderr
+
+
 def test_student_work_kept_reboot_recovered_and_class_at_a_glance(cohort, tmp_path):
     folder, env = cohort
     reports = Path(env["LABKIT_REPORTS_DIR"]) / COHORT

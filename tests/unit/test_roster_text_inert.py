@@ -37,6 +37,7 @@ def base(pubkey: str) -> dict:
             "ami": "ami-0123456789abcdef0",
             "availability_zone": "eu-west-1b",
             "controller_cidrs": ["198.51.100.7/32"],
+            "load_generator": {"instance_type": "c6i.large"},
         },
         "access": {"address": "192.0.2.10", "port": 2201},
     }
@@ -57,6 +58,7 @@ STRING_FIELDS = [
     ("aws", "ami"),
     ("aws", "availability_zone"),
     ("aws", "controller_cidrs", 0),
+    ("aws", "load_generator", "instance_type"),
     ("access", "address"),
 ]
 

@@ -125,7 +125,7 @@ def test_notify_routed_to_light(lab, host_for, grader):
 def test_each_queue_consumed_by_its_own_pool(lab, host, host_for):
     view = broker_view(host_for("broker"))
     procs = host_processes(host)
-    owners = consumers_by_program(view, procs, lab.address("worker"))
+    owners = consumers_by_program(view, procs, lab.lab_address("worker"))
     tasks = task_queues(view)
     consumed = {owner: sorted(q & tasks) for owner, q in owners.items() if q & tasks}
     for queue, program in (("heavy", POOLS["heavy"]), ("light", POOLS["light"])):
@@ -148,7 +148,7 @@ def test_heavy_pool_prefetches_one_and_acks_late(lab, host, host_for, grader):
     assert heavy.get("state") == "RUNNING", f"{POOLS['heavy']} is {heavy.get('state', 'not a program')}"
     size = len(heavy.get("children") or [])
     view = broker_view(broker)
-    mine = [c for c in view.consumers if c.peer_host == lab.address("worker")
+    mine = [c for c in view.consumers if c.peer_host == lab.lab_address("worker")
             and procs.program_for_port(c.peer_port) == POOLS["heavy"] and c.queue in task_queues(view)]  # fmt: skip
     assert mine, (
         f"{POOLS['heavy']} consumes no task queue (consumers: {[(c.queue, c.peer_port) for c in view.consumers]})"

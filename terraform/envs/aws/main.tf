@@ -19,17 +19,18 @@ provider "aws" {
 module "lab_fleet" {
   source = "../../modules/lab_fleet_aws"
 
-  cohort                    = var.cohort
-  scenario                  = var.scenario
-  roles                     = var.roles
-  students                  = var.students
-  expires_at                = var.expires_at
-  instance_type             = var.instance_type
-  architecture              = var.architecture
-  ami_id                    = var.ami_id
-  availability_zone         = var.availability_zone
-  allowed_ssh_cidrs         = var.allowed_ssh_cidrs
-  controller_cidrs          = var.controller_cidrs
-  controller_ports          = var.controller_ports
-  controller_ssh_public_key = var.controller_ssh_public_key
+  cohort                       = var.cohort
+  scenario                     = var.scenario
+  roles                        = var.roles
+  students                     = var.students
+  expires_at                   = var.expires_at
+  instance_type                = var.instance_type
+  architecture                 = var.architecture
+  ami_id                       = var.ami_id
+  availability_zone            = var.availability_zone
+  allowed_ssh_cidrs            = var.allowed_ssh_cidrs
+  controller_cidrs             = var.controller_cidrs
+  controller_ports             = var.controller_ports
+  load_generator_instance_type = var.load_generator_instance_type
+  controller_ssh_public_key    = var.controller_ssh_public_key
 }

@@ -18,6 +18,21 @@ output "lab_hosts" {
   ]
 }
 
+# The cohort's load-generator host (labkit load runs its Locust workers there), in the same shape, or null.
+output "load_generator" {
+  description = "The load-generator host (name, address, lab_address, role, scenario, ssh_user, ssh_private_key_file), or null."
+  value = module.lab_fleet.load_generator == null ? null : {
+    name                 = module.lab_fleet.load_generator.name
+    address              = module.lab_fleet.load_generator.public_ip
+    lab_address          = module.lab_fleet.load_generator.private_ip
+    student              = ""
+    role                 = "load_generator"
+    scenario             = var.scenario
+    ssh_user             = var.ssh_user
+    ssh_private_key_file = var.ssh_private_key_file
+  }
+}
+
 output "vpc_id" {
   description = "ID of the cohort VPC (for the instructor's eyes; teardown works from tags)."
   value       = module.lab_fleet.vpc_id

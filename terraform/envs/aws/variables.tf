@@ -77,6 +77,12 @@ variable "controller_ports" {
   description = "TCP ports the controller reaches on lab hosts (labkit: the scenario's components and grading ports)."
 }
 
+variable "load_generator_instance_type" {
+  type        = string
+  default     = null
+  description = "Instance type of the cohort's load-generator host (roster aws.load_generator), or null for none."
+}
+
 variable "controller_ssh_public_key" {
   type        = string
   description = "Public half of the cohort controller key (inventories/<cohort>/.ssh/id_ed25519.pub)."

@@ -45,5 +45,18 @@ locals {
     "${pair[0]}/${pair[1]}" => merge(local.egress[pair[1]], { student = pair[0], name = pair[1] })
   }
 
+  # The optional load-generator host: Locust workers inside the VPC for a controller the lab ports do not admit.
+  # It reaches each student's lab on the ports load and grading use and nothing else; only the controller's
+  # networks (else the ssh networks) reach its sshd, and it takes only the controller's key (no student key pair).
+  load_generators = var.load_generator_instance_type == null ? {} : { load_generator = var.load_generator_instance_type }
+  load_generator_lab_rules = length(local.load_generators) == 0 ? {} : {
+    for pair in setproduct(keys(var.students), var.controller_ports) :
+    "${pair[0]}/${pair[1]}" => { student = pair[0], port = pair[1] }
+  }
+  load_generator_ssh_cidrs = length(local.load_generators) == 0 ? [] : (
+    length(var.controller_cidrs) > 0 ? var.controller_cidrs : var.allowed_ssh_cidrs
+  )
+  load_generator_egress = length(local.load_generators) == 0 ? {} : local.egress
+
   debian_arch = { x86_64 = "amd64", arm64 = "arm64" }[var.architecture]
 }

@@ -91,16 +91,7 @@ resource "aws_route_table_association" "labs" {
   route_table_id = aws_route_table.public.id
 }
 
-# --- Per student: key pair and security group ----------------------------------------
-
-resource "aws_key_pair" "student" {
-  for_each = var.students
-
-  key_name   = "${var.cohort}-${each.key}"
-  public_key = trimspace(each.value.ssh_public_key)
-
-  tags = merge(local.common_tags, { student = each.key, role = "*", Name = "${var.cohort}-${each.key}" })
-}
+# --- Per student: security group ----------------------------------------
 
 resource "aws_security_group" "lab" {
   # checkov:skip=CKV2_AWS_5:Attached to instances through the per-host launch template's network interface, which checkov does not follow.
@@ -194,16 +185,19 @@ resource "aws_launch_template" "host" {
   description            = "${each.value.role} host of ${each.value.student}'s lab in cohort ${var.cohort}"
   image_id               = local.ami_id
   instance_type          = var.instance_type
-  key_name               = aws_key_pair.student[each.value.student].key_name
   update_default_version = true
 
-  # cloud-init: the host's name (RabbitMQ needs a resolvable node name) and the
-  # controller key for the image's default user, next to the student's key pair.
+  # cloud-init: the host's name (RabbitMQ needs a resolvable node name) and the controller key for the image's
+  # default user (admin), and no other key: no EC2 key pair, since cloud-init would put the student's key on admin
+  # (roles/student_access gives the student their own account). /etc/hosts: localhost entries only, so the lab's
+  # role names lab_base writes there survive a reboot.
   user_data = base64encode(join("\n", [
     "#cloud-config",
     "preserve_hostname: false",
     "hostname: ${var.cohort}-${each.key}",
-    "manage_etc_hosts: true",
+    "manage_etc_hosts: localhost",
+    "ssh_pwauth: false",
+    "disable_root: true",
     "ssh_authorized_keys:",
     "  - ${trimspace(var.controller_ssh_public_key)}",
     "",
@@ -273,6 +267,169 @@ resource "aws_instance" "host" {
   lifecycle {
     # A newer Debian image or launch template version applies to hosts created from
     # now on; it must not rebuild a lab a student is working in.
+    ignore_changes = [ami, launch_template, user_data, user_data_base64]
+  }
+}
+
+# --- The cohort's load generator (optional) ------------------------------------------
+
+# Locust workers next to the brokers, for a controller whose address the lab ports do not admit: `labkit load
+# --workers N` runs the master on the controller and the workers here, over ssh. It holds every student's
+# broker credentials while a load runs, so no student reaches it: ssh from the controller's networks only, and
+# no lab group admits traffic from it except on the load and grading ports.
+resource "aws_security_group" "load_generator" {
+  # checkov:skip=CKV2_AWS_5:Attached to the load generator through its launch template's network interface, which checkov does not follow.
+  for_each = local.load_generators
+
+  name_prefix = "${var.cohort}-load-generator-"
+  description = "Load generator of cohort ${var.cohort}: SSH from the controller only; out to the students' lab ports"
+  vpc_id      = aws_vpc.this.id
+
+  tags = merge(local.shared_tags, { role = "load_generator", Name = "${var.cohort}-load-generator" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "load_generator_ssh" {
+  for_each = toset(local.load_generator_ssh_cidrs)
+
+  security_group_id = aws_security_group.load_generator["load_generator"].id
+  description       = "SSH to the load generator from the controller's network ${each.value}"
+  ip_protocol       = "tcp"
+  from_port         = 22
+  to_port           = 22
+  cidr_ipv4         = each.value
+
+  tags = merge(local.shared_tags, { role = "load_generator" })
+}
+
+resource "aws_vpc_security_group_egress_rule" "load_generator_provisioning" {
+  # checkov:skip=CKV_AWS_382:Debian mirrors and PyPI have no fixed addresses; egress is limited to HTTP(S), NTP and the VPC resolver.
+  for_each = local.load_generator_egress
+
+  security_group_id = aws_security_group.load_generator["load_generator"].id
+  description       = "Provisioning: ${each.key} (${each.value.protocol}/${each.value.port})"
+  ip_protocol       = each.value.protocol
+  from_port         = each.value.port
+  to_port           = each.value.port
+  cidr_ipv4         = each.value.cidr
+
+  tags = merge(local.shared_tags, { role = "load_generator" })
+}
+
+resource "aws_vpc_security_group_egress_rule" "load_generator_labs" {
+  for_each = local.load_generator_lab_rules
+
+  security_group_id            = aws_security_group.load_generator["load_generator"].id
+  description                  = "Load generator to ${each.value.student}'s lab on tcp/${each.value.port}"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  referenced_security_group_id = aws_security_group.lab[each.value.student].id
+
+  tags = merge(local.common_tags, { student = each.value.student, role = "*" })
+}
+
+resource "aws_vpc_security_group_ingress_rule" "from_load_generator" {
+  for_each = local.load_generator_lab_rules
+
+  security_group_id            = aws_security_group.lab[each.value.student].id
+  description                  = "Load generator to ${each.value.student}'s lab on tcp/${each.value.port}"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  referenced_security_group_id = aws_security_group.load_generator["load_generator"].id
+
+  tags = merge(local.common_tags, { student = each.value.student, role = "*" })
+}
+
+resource "aws_launch_template" "load_generator" {
+  # checkov:skip=CKV_AWS_88:The controller reaches the load generator by ssh from its own networks only (load_generator_ssh).
+  for_each = local.load_generators
+
+  name                   = "${var.cohort}-load-generator"
+  description            = "Load generator (Locust workers) of cohort ${var.cohort}"
+  image_id               = local.ami_id
+  instance_type          = each.value
+  update_default_version = true
+
+  # cloud-init: the host's name and the controller key for the image's default user; no student key pair.
+  user_data = base64encode(join("\n", [
+    "#cloud-config",
+    "preserve_hostname: false",
+    "hostname: ${var.cohort}-load-generator",
+    "manage_etc_hosts: localhost",
+    "ssh_pwauth: false",
+    "disable_root: true",
+    "ssh_authorized_keys:",
+    "  - ${trimspace(var.controller_ssh_public_key)}",
+    "",
+  ]))
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  network_interfaces {
+    device_index                = 0
+    subnet_id                   = aws_subnet.labs.id
+    security_groups             = [aws_security_group.load_generator[each.key].id]
+    associate_public_ip_address = true
+    delete_on_termination       = true
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.shared_tags, { role = "load_generator", Name = "${var.cohort}-load-generator" })
+  }
+
+  tag_specifications {
+    resource_type = "volume"
+    tags          = merge(local.shared_tags, { role = "load_generator", Name = "${var.cohort}-load-generator" })
+  }
+
+  tag_specifications {
+    resource_type = "network-interface"
+    tags          = merge(local.shared_tags, { role = "load_generator", Name = "${var.cohort}-load-generator" })
+  }
+
+  tags = merge(local.shared_tags, { role = "load_generator", Name = "${var.cohort}-load-generator" })
+}
+
+resource "aws_instance" "load_generator" {
+  # checkov:skip=CKV_AWS_88:The controller reaches the load generator by ssh from its own networks only (load_generator_ssh).
+  # checkov:skip=CKV_AWS_126:Detailed monitoring bills per instance; the load's own report measures the run.
+  # checkov:skip=CKV_AWS_135:Current-generation types (t3, m6i, ...) are EBS-optimized by default; forcing the flag makes t2 launches fail.
+  # checkov:skip=CKV2_AWS_41:The load generator calls no AWS API, so it gets no instance profile.
+  for_each = local.load_generators
+
+  launch_template {
+    id      = aws_launch_template.load_generator[each.key].id
+    version = aws_launch_template.load_generator[each.key].latest_version
+  }
+
+  root_block_device {
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size
+    encrypted             = true
+    delete_on_termination = true
+    tags                  = merge(local.shared_tags, { role = "load_generator", Name = "${var.cohort}-load-generator" })
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  tags = merge(local.shared_tags, { role = "load_generator", Name = "${var.cohort}-load-generator" })
+
+  lifecycle {
     ignore_changes = [ami, launch_template, user_data, user_data_base64]
   }
 }

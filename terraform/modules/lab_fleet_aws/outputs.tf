@@ -12,6 +12,16 @@ output "hosts" {
   }
 }
 
+output "load_generator" {
+  description = "The cohort's load-generator host (name, instance_id, public_ip, private_ip), or null when there is none."
+  value = length(aws_instance.load_generator) == 0 ? null : {
+    name        = "${var.cohort}-load-generator"
+    instance_id = aws_instance.load_generator["load_generator"].id
+    public_ip   = aws_instance.load_generator["load_generator"].public_ip
+    private_ip  = aws_instance.load_generator["load_generator"].private_ip
+  }
+}
+
 output "vpc_id" {
   description = "ID of the cohort VPC."
   value       = aws_vpc.this.id
@@ -25,11 +35,6 @@ output "subnet_id" {
 output "security_group_ids" {
   description = "Security group of each student's lab, keyed by student id."
   value       = { for id, sg in aws_security_group.lab : id => sg.id }
-}
-
-output "key_pair_names" {
-  description = "EC2 key pair name of each student, keyed by student id."
-  value       = { for id, kp in aws_key_pair.student : id => kp.key_name }
 }
 
 output "ami_id" {

@@ -151,6 +151,17 @@ variable "controller_ports" {
   }
 }
 
+variable "load_generator_instance_type" {
+  type        = string
+  default     = null
+  description = "Instance type of the cohort's load-generator host (Locust workers inside the VPC, near the brokers), or null for none."
+
+  validation {
+    condition     = var.load_generator_instance_type == null || can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.load_generator_instance_type))
+    error_message = "load_generator_instance_type must be an instance type such as c6i.large, or null."
+  }
+}
+
 variable "vpc_cidr" {
   type        = string
   description = "IPv4 block of the cohort VPC; the lab subnet is its first /20 (4,091 usable addresses)."

@@ -86,8 +86,10 @@ def build_cohort(
     *,
     expires_at: str = "2026-12-24T00:00:00Z",
     launch_templates: bool = True,
+    load_generator: bool = False,
 ) -> dict[str, list[str]]:
-    """Create what terraform/modules/lab_fleet_aws creates, with its tags, through boto3."""
+    """Create what terraform/modules/lab_fleet_aws creates, with its tags, through boto3 (with ``load_generator``
+    its load-generator host: own group, ssh from the controller, each lab's group admits it on the load ports)."""
     ec2 = session.client("ec2")
     shared = kit_tags(cohort, "*", "*", expires_at)
     made: dict[str, list[str]] = {k: [] for k in ("vpcs", "subnets", "internet_gateways", "route_tables")}
@@ -169,6 +171,56 @@ def build_cohort(
                     TagSpecifications=[spec("instance", tags), spec("volume", tags)],
                 )["Instances"][0]["InstanceId"]
             )
+    if load_generator:
+        tags = [t if t["Key"] != "Name" else {"Key": "Name", "Value": f"{cohort}-load-generator"}
+                for t in kit_tags(cohort, "*", "load_generator", expires_at)]  # fmt: skip
+        lg_sg = ec2.create_security_group(
+            GroupName=f"{cohort}-load-generator", Description="load generator", VpcId=vpc,
+            TagSpecifications=[spec("security-group", tags)],
+        )["GroupId"]  # fmt: skip
+        ec2.authorize_security_group_ingress(
+            GroupId=lg_sg,
+            IpPermissions=[
+                {
+                    "IpProtocol": "tcp",
+                    "FromPort": 22,
+                    "ToPort": 22,
+                    "IpRanges": [{"CidrIp": "198.51.100.7/32"}],
+                }
+            ],
+        )
+        for sg in list(made["security_groups"]):
+            ec2.authorize_security_group_ingress(
+                GroupId=sg,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": 5672,
+                        "ToPort": 5672,
+                        "UserIdGroupPairs": [{"GroupId": lg_sg}],
+                    }
+                ],
+            )
+            ec2.authorize_security_group_egress(
+                GroupId=lg_sg,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": 5672,
+                        "ToPort": 5672,
+                        "UserIdGroupPairs": [{"GroupId": sg}],
+                    }
+                ],
+            )
+        made["security_groups"].append(lg_sg)
+        made["instances"].append(
+            ec2.run_instances(
+                ImageId="ami-0d3e1a5b7c9f0a001", InstanceType="t3.small", MinCount=1, MaxCount=1,
+                NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [lg_sg],
+                                    "AssociatePublicIpAddress": True, "DeleteOnTermination": True}],
+                TagSpecifications=[spec("instance", tags), spec("volume", tags)],
+            )["Instances"][0]["InstanceId"]
+        )  # fmt: skip
     return made
 
 

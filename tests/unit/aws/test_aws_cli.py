@@ -50,6 +50,13 @@ class FakeTerraform:
             ]
             state = var_file.parent / "terraform.tfstate"
             outputs = {"lab_hosts": {"value": hosts, "type": "list"}}
+            if tfvars.get("load_generator_instance_type"):  # terraform/envs/aws/outputs.tf's load_generator
+                outputs["load_generator"] = {"value": {
+                    "name": f"{tfvars['cohort']}-load-generator", "address": "198.51.100.20",
+                    "lab_address": "10.0.0.20", "student": "", "role": "load_generator",
+                    "scenario": tfvars["scenario"], "ssh_user": tfvars["ssh_user"],
+                    "ssh_private_key_file": tfvars["ssh_private_key_file"],
+                }}  # fmt: skip
             state.write_text(json.dumps({"version": 4, "outputs": outputs}))
         return self.rc
 
@@ -118,6 +125,70 @@ def test_up_runs_terraform_then_writes_hosts_and_inventory(session: boto3.Sessio
     contract = {"name", "address", "student", "role", "scenario", "ssh_user", "ssh_private_key_file"}
     assert all(contract <= set(h) for h in hosts)
     assert yaml.safe_load((folder / "aws_ec2.yml").read_text())["filters"]["tag:cohort"] == "demo"
+
+
+def test_a_load_generator_is_made_configured_and_used_by_load(session: boto3.Session, tmp_path: Path) -> None:
+    """aws.load_generator: Terraform gets its type, the inventory a group of its own (site.yml's load_generator play,
+    no lab play), and `labkit load` runs Locust's workers there over ssh against the labs' private addresses."""
+    from labkit import load
+
+    roster = load_roster(
+        write_roster(tmp_path / "inventories" / "demo", 2, aws_extra={"load_generator": True})
+    )
+    assert roster.aws.load_generator == "t3.small"
+    out = io.StringIO()
+    rc = cli.up(roster, session=session, quotas_client=quota_client(32), runner=FakeTerraform(), out=out)
+    assert rc == 0, out.getvalue()
+    folder = roster.folder
+    assert (
+        json.loads((folder / "fleet.auto.tfvars.json").read_text())["load_generator_instance_type"]
+        == "t3.small"
+    )
+    assert "load generator demo-load-generator at 198.51.100.20" in out.getvalue()
+
+    class Loader(yaml.SafeLoader):  # hosts.yml marks roster text !unsafe (Ansible never templates it)
+        pass
+
+    Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+    inventory = yaml.load((folder / "hosts.yml").read_text(), Loader=Loader)["all"]  # noqa: S506
+    generator = inventory["children"]["load_generator"]["hosts"]["demo-load-generator"]
+    assert generator["ansible_host"] == "198.51.100.20" and generator["ansible_user"] == "admin"
+    assert generator["lab_role"] == "load_generator"
+    assert "demo-load-generator" not in inventory["hosts"], "not a lab host: the lab plays must not touch it"
+    assert all("demo-load-generator" not in (g.get("hosts") or {}) for n, g in inventory["children"].items()
+               if n != "load_generator")  # fmt: skip
+    assert "Host demo-load-generator 198.51.100.20" in (folder / "ssh_config").read_text()
+
+    found = load.load_generator(roster)
+    assert found is not None and found["name"] == "demo-load-generator"
+    cmd = load.remote_workers_command(roster, found, 41234, 2)
+    assert cmd[:3] == ["ssh", "-F", str(folder / "ssh_config")]
+    assert cmd[cmd.index("-R") + 1] == "127.0.0.1:41234:127.0.0.1:41234", "the master stays on the controller"
+    assert cmd[-5:] == ["demo-load-generator", load.REMOTE_WORKER, "queue-segregation", "41234", "2"]
+    assert not any("amqp" in part or "redis://" in part for part in cmd), "URLs go on stdin, not argv"
+    # From the controller the labs' public addresses; from the generator, inside the VPC, their private ones.
+    (folder / "credentials" / "s000").mkdir(parents=True)
+    for name in ("rabbitmq", "redis"):
+        (folder / "credentials" / "s000" / name).write_text("pw\n")
+    assert load.lab_endpoints(roster, "s000").broker_address == "198.51.100.10"
+    inside = load.lab_endpoints(roster, "s000", inside=True)
+    assert inside.broker_address == "10.0.0.10" and inside.broker_url == "amqp://s000:pw@10.0.0.10:5672/lab"
+
+
+def test_a_bad_load_generator_setting_is_refused_by_the_roster(tmp_path: Path) -> None:
+    from labkit.roster import RosterError
+
+    folder = write_roster(
+        tmp_path / "inventories" / "demo", 1, aws_extra={"load_generator": {"instance_type": "big"}}
+    )
+    with pytest.raises(RosterError, match=r"aws.load_generator.instance_type: 'big' is not an instance type"):
+        load_roster(folder)
+    folder = write_roster(tmp_path / "inventories" / "demo", 1, aws_extra={"load_generator": "yes"})
+    with pytest.raises(RosterError, match=r"aws.load_generator: 'yes' is not a load-generator setting"):
+        load_roster(folder)
+    roster = load_roster(write_roster(tmp_path / "inventories" / "d2", 1,
+                                      aws_extra={"load_generator": {"instance_type": "c6i.large"}}))  # fmt: skip
+    assert roster.aws.load_generator == "c6i.large"
 
 
 def test_up_keeps_the_image_the_cohort_was_built_with(session: boto3.Session, roster) -> None:

@@ -69,7 +69,9 @@ def test_ansible_inventory_groups_and_hostvars_match_the_local_inventory(
         pytest.skip(f"{ANSIBLE_INVENTORY} not installed")
     roster = load_roster(write_roster(tmp_path / "inventories" / "demo", 2))
     path = write_inventory(roster)
-    build_cohort(session, "demo", ["s-01", "s02"])  # '-' in an id becomes '_' in its group
+    build_cohort(
+        session, "demo", ["s-01", "s02"], load_generator=True
+    )  # '-' in an id becomes '_' in its group
     build_cohort(session, "other", ["s01"])
     build_foreign(session, "demo")
 
@@ -93,7 +95,7 @@ def test_ansible_inventory_groups_and_hostvars_match_the_local_inventory(
     hostvars = inventory["_meta"]["hostvars"]
 
     expected_hosts = {f"demo-{s}-{r}" for s in ("s-01", "s02") for r in ("broker", "worker")}
-    assert set(hostvars) == expected_hosts, "only this cohort's kit-managed hosts"
+    assert set(hostvars) == expected_hosts | {"demo-load-generator"}, "only this cohort's kit-managed hosts"
 
     def members(group: str) -> set[str]:
         return set(inventory.get(group, {}).get("hosts", []))
@@ -102,7 +104,12 @@ def test_ansible_inventory_groups_and_hostvars_match_the_local_inventory(
     assert members("student_s02") == {"demo-s02-broker", "demo-s02-worker"}
     assert members("role_broker") == {"demo-s-01-broker", "demo-s02-broker"}
     assert members("role_worker") == {"demo-s-01-worker", "demo-s02-worker"}
-    assert members("scenario_queue_segregation") == expected_hosts
+    assert members("scenario_queue_segregation") == expected_hosts | {"demo-load-generator"}
+    # The load generator is in its own group (site.yml's lab plays run on all:!bastion:!load_generator), in no lab's.
+    assert members("load_generator") == {"demo-load-generator"}
+    lab_groups = [g for g in inventory if g.startswith("student_") and "demo-load-generator" in members(g)]
+    assert all(not (members(g) & expected_hosts) for g in lab_groups), lab_groups
+    assert hostvars["demo-load-generator"]["lab_role"] == "load_generator"
 
     host = hostvars["demo-s-01-broker"]
     assert host["lab_student"] == "s-01" and host["lab_role"] == "broker"
@@ -114,7 +121,8 @@ def test_ansible_inventory_groups_and_hostvars_match_the_local_inventory(
     known_hosts = roster.folder / "known_hosts"
     assert (
         host["ansible_ssh_common_args"]
-        == f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new"
+        == f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=accept-new -o HashKnownHosts=no"
+        " -o IdentitiesOnly=yes"
     )
 
 

@@ -80,6 +80,38 @@ def test_running_instances_count_against_the_quota_but_the_cohorts_own_do_not(
     assert len(problems) == 1 and "and 8 already run" in problems[0] and "at least 20" in problems[0]
 
 
+def test_the_load_generator_counts_against_the_quota_and_must_match_the_labs_architecture(
+    session: boto3.Session, tmp_path: Path
+) -> None:
+    roster = load_roster(
+        write_roster(tmp_path / "lg", 3, aws_extra={"load_generator": {"instance_type": "c6i.large"}})
+    )
+    result = run_preflight(roster, session, quotas_client=quota_client(32), roles=ROLES)
+    assert result.problems == [] and result.generator_vcpus == 2
+    problems = preflight(roster, session, quotas_client=quota_client(13), roles=ROLES)  # needs 12 + 2
+    assert (
+        len(problems) == 1
+        and "needs 14 vCPUs" in problems[0]
+        and "plus 2 of the load generator" in problems[0]
+    )
+    arm = load_roster(
+        write_roster(tmp_path / "arm", 1, aws_extra={"load_generator": {"instance_type": "t4g.large"}})
+    )
+    problems = preflight(arm, session, quotas_client=quota_client(32), roles=ROLES)
+    assert problems == [
+        "aws.load_generator.instance_type: t4g.large does not run x86_64, the labs' architecture (t3.small). "
+        "Fix: pick a type of the same architecture."
+    ]
+    bad = load_roster(
+        write_roster(tmp_path / "bad", 1, aws_extra={"load_generator": {"instance_type": "c6i.huge"}})
+    )
+    problems = preflight(bad, session, quotas_client=quota_client(32), roles=ROLES)
+    assert (
+        len(problems) == 1
+        and "aws.load_generator.instance_type: 'c6i.huge' is not an instance type" in problems[0]
+    )
+
+
 def test_unreadable_quota_is_a_problem_not_a_silent_pass(session: boto3.Session, tmp_path: Path) -> None:
     problems = preflight(roster_with(tmp_path), session, quotas_client=quota_client(None), roles=ROLES)
     assert len(problems) == 1 and "could not read L-1216C47A" in problems[0]

@@ -135,10 +135,26 @@ def test_per_student_resources_use_for_each_never_count() -> None:
     per_student = {
         (rtype, name): body["for_each"]
         for rtype, name, body in resources
-        if rtype in {"aws_key_pair", "aws_security_group", "aws_launch_template", "aws_instance"}
-        or rtype.startswith("aws_vpc_security_group_")
+        if (rtype in {"aws_security_group", "aws_launch_template", "aws_instance"}
+            or rtype.startswith("aws_vpc_security_group_"))
+        and "local.load_generator" not in body["for_each"]
+    }  # fmt: skip
+    assert len(per_student) == 8
+    # No EC2 key pair: cloud-init would authorize it for admin, the kit's account (the login contract).
+    assert not [b for t, _, b in resources if t == "aws_key_pair"]
+    assert all("key_name" not in b for t, _, b in resources if t == "aws_launch_template")
+    # The cohort's one load generator and its rules: keyed by name, its per-student rules by student and port.
+    cohort_level = {
+        (t, n): b["for_each"] for t, n, b in resources if "local.load_generator" in b.get("for_each", "")
     }
-    assert len(per_student) == 9
+    assert set(cohort_level) == {
+        ("aws_security_group", "load_generator"), ("aws_launch_template", "load_generator"),
+        ("aws_instance", "load_generator"), ("aws_vpc_security_group_ingress_rule", "load_generator_ssh"),
+        ("aws_vpc_security_group_egress_rule", "load_generator_provisioning"),
+        ("aws_vpc_security_group_egress_rule", "load_generator_labs"),
+        ("aws_vpc_security_group_ingress_rule", "from_load_generator"),
+    }  # fmt: skip
+    assert "keys(var.students)" in locals_of(load(MODULE))["load_generator_lab_rules"]
     for key, expr in per_student.items():
         assert any(k in expr for k in PER_STUDENT_KEYS), f"{key} is not keyed by student: {expr}"
     hosts = locals_of(load(MODULE))["hosts"]
@@ -198,6 +214,10 @@ output "ssh_rules" { value = local.ssh_rules }
 output "common_tags" { value = local.common_tags }
 output "shared_tags" { value = local.shared_tags }
 output "controller_rules" { value = local.controller_rules }
+output "load_generators" { value = local.load_generators }
+output "load_generator_lab_rules" { value = local.load_generator_lab_rules }
+output "load_generator_ssh_cidrs" { value = local.load_generator_ssh_cidrs }
+output "load_generator_egress" { value = local.load_generator_egress }
 """
 
 
@@ -276,6 +296,32 @@ def test_the_controller_reaches_exactly_the_ports_the_scenarios_grader_reads(tmp
     }
     # queue-segregation's grader needs none of them.
     assert load_scenario("queue-segregation").controller_ports() == [22, 5555, 5672, 6379, 15672, 15692]
+
+
+def test_the_load_generator_reaches_every_lab_on_the_load_ports_and_only_the_controller_reaches_it(
+    tmp_path: Path,
+) -> None:
+    ports = [22, 5555, 5672, 6379, 15672]
+    rc, off, err = evaluate_inputs(tmp_path, module_inputs(["s01", "s02"], controller_ports=ports))
+    assert rc == 0, err
+    assert off["load_generators"] == {} and off["load_generator_lab_rules"] == {}
+    assert off["load_generator_ssh_cidrs"] == [] and off["load_generator_egress"] == {}
+    inputs = module_inputs(["s01", "s02"], controller_ports=ports, controller_cidrs=["198.51.100.7/32"],
+                           load_generator_instance_type="c6i.large")  # fmt: skip
+    rc, on, err = evaluate_inputs(tmp_path, inputs)
+    assert rc == 0, err
+    assert on["load_generators"] == {"load_generator": "c6i.large"}
+    assert {(r["student"], r["port"]) for r in on["load_generator_lab_rules"].values()} == {
+        (s, p) for s in ("s01", "s02") for p in ports
+    }
+    # ssh from the controller's networks, not the students' (it holds every lab's broker credentials in a run).
+    assert on["load_generator_ssh_cidrs"] == ["198.51.100.7/32"]
+    assert {v["port"] for v in on["load_generator_egress"].values()} == {80, 443, 53, 123}
+    # Without controller networks it takes ssh from where the lab hosts do; students have no key for it.
+    inputs.pop("controller_cidrs")
+    rc, fallback, err = evaluate_inputs(tmp_path, inputs)
+    assert rc == 0, err
+    assert fallback["load_generator_ssh_cidrs"] == inputs["allowed_ssh_cidrs"]
 
 
 def test_kit_tags_override_extra_tags_and_missing_expiry_is_none(tmp_path: Path) -> None:
@@ -373,9 +419,31 @@ def test_egress_is_limited_and_the_controller_is_the_only_outside_source_of_lab_
         for rtype, name, body in blocks(parsed, "resource")
         if rtype == "aws_vpc_security_group_ingress_rule"
     }
-    assert set(ingress) == {"ssh", "lab_peers", "controller"}
+    assert set(ingress) == {"ssh", "lab_peers", "controller", "load_generator_ssh", "from_load_generator"}
+    # The load generator reaches a lab only as a member of its own group, never as a CIDR.
+    assert "referenced_security_group_id" in ingress["from_load_generator"]
+    assert "cidr_ipv4" not in ingress["from_load_generator"]
     assert (
         "var.controller_cidrs" in locals_["controller_rules"]
         and "var.controller_ports" in locals_["controller_rules"]
     )
     assert "referenced_security_group_id" in ingress["lab_peers"] and "cidr_ipv4" not in ingress["lab_peers"]
+
+
+def test_cloud_init_gives_admin_the_controllers_key_only_and_refuses_passwords_and_root() -> None:
+    """The login contract on EC2: no key pair (cloud-init would put a student's key on admin), keys only, no root
+    login, and /etc/hosts left to the kit except its localhost lines (lab_base's role names survive a reboot)."""
+    templates = [(n, b) for t, n, b in blocks(load(MODULE), "resource") if t == "aws_launch_template"]
+    assert {n for n, _ in templates} == {"host", "load_generator"}
+    for name, body in templates:
+        user_data = str(body["user_data"])
+        for line in (
+            "#cloud-config",
+            "ssh_pwauth: false",
+            "disable_root: true",
+            "manage_etc_hosts: localhost",
+        ):
+            assert line in user_data, f"{name}: {line!r} missing from cloud-init"
+        assert user_data.count("  - ${trimspace(var.controller_ssh_public_key)}") == 1, name
+        assert "ssh_public_key}" not in user_data.replace("controller_ssh_public_key", ""), name
+        assert "key_name" not in body, name
