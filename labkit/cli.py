@@ -53,13 +53,7 @@ def cmd_fleet(args) -> int:
     r = _roster(args.cohort)
     engine = _fleet_engine(r)
     if args.action == "cost":
-        if r.target == "aws" and not args.price_per_hour:
-            print(
-                "labkit fleet cost: give --price-per-hour (USD per instance-hour) for target aws",
-                file=sys.stderr,
-            )
-            return 2
-        return engine.cost_main(r, args.price_per_hour)
+        return engine.cost_main(r, args.price_per_hour, out=_say)
     if args.action == "plan":
         return engine.plan_main(r, _say)
     if args.action == "up":

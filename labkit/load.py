@@ -217,7 +217,7 @@ DEFAULT_GENERATOR_WORKERS = 2
 
 
 def remote_workers_command(
-    roster: Roster, generator: dict[str, Any], master_port: int, workers: int
+    roster: Roster, generator: dict[str, Any], master_port: int, workers: int, deadline_s: int = 3600
 ) -> list[str]:
     """ssh to the load generator, forwarding its 127.0.0.1:<port> back to the master on the controller, and start
     ``workers`` Locust workers there (labkit-load-worker). The lab's URLs go on the connection's stdin."""
@@ -227,7 +227,7 @@ def remote_workers_command(
         "ssh", "-F", str(cohort_files(roster.folder)["ssh_config"]),
         "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15",
         "-R", f"127.0.0.1:{master_port}:127.0.0.1:{master_port}",
-        generator["name"], REMOTE_WORKER, roster.scenario, str(master_port), str(workers),
+        generator["name"], REMOTE_WORKER, roster.scenario, str(master_port), str(workers), str(int(deadline_s)),
     ]  # fmt: skip
 
 
@@ -326,13 +326,20 @@ def run_load(
         proc = subprocess.Popen(cmd, cwd=paths.REPO, env={**env, "LABKIT_LOAD_MASTER_REPORT": str(
             student_dir / "load_master.json")}, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         if generator and workers:
+            # The workers end on their own past the run's deadline (the controller's kill ends only ssh).
+            remote_deadline = duration_seconds(run_time) + LOAD_GRACE_S + 30
             remote = subprocess.Popen(
-                remote_workers_command(roster, generator, port, workers), cwd=paths.REPO,
+                remote_workers_command(roster, generator, port, workers, int(remote_deadline)), cwd=paths.REPO,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
             )  # fmt: skip
             assert remote.stdin is not None
-            remote.stdin.write("".join(f"{k}={env[k]}\n" for k in (
-                "LABKIT_BROKER_URL", "LABKIT_RESULT_BACKEND", "LABKIT_REDIS_BROKER_URL")))  # fmt: skip
+            names = [
+                "LABKIT_BROKER_URL",
+                "LABKIT_RESULT_BACKEND",
+                "LABKIT_REDIS_BROKER_URL",
+                "LABKIT_RESULT_TIMEOUT",
+            ]
+            remote.stdin.write("".join(f"{k}={env[k]}\n" for k in names if env.get(k)))
             remote.stdin.close()
             helpers[sid] = [remote]
         else:
@@ -394,7 +401,45 @@ def run_load(
             summaries[sid] = _finish(student_dir, sid, summary, load, profile)
             out(f"load {sid}: finished: {_format_summary(summaries[sid])}")
         time.sleep(0.2)
+    if generator and workers:
+        _record_generator_load(roster, generator, summaries, base, out)
     return {sid: summaries[sid] for sid in wanted}
+
+
+def _record_generator_load(
+    roster: Roster,
+    generator: dict[str, Any],
+    summaries: dict[str, dict[str, Any]],
+    base: Path,
+    out: Callable[[str], Any],
+) -> None:
+    """The load generator's CPU after the run, in each summary: a saturated generator measures itself, not the labs."""
+    from labkit.inventory import cohort_files
+
+    res = subprocess.run(
+        ["ssh", "-F", str(cohort_files(roster.folder)["ssh_config"]), generator["name"], "nproc; cat /proc/loadavg"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    try:
+        cpus_text, loadavg = res.stdout.split("\n")[:2]
+        info: dict[str, Any] = {
+            "name": generator["name"],
+            "cpus": int(cpus_text),
+            "loadavg_1m": float(loadavg.split()[0]),
+        }
+    except (ValueError, IndexError):
+        info = {"name": generator["name"], "error": f"could not read its load ({res.stderr.strip()[-200:]})"}
+    info["saturated"] = bool(info.get("cpus")) and info["loadavg_1m"] > info["cpus"]
+    out(
+        f"load generator {generator['name']}: "
+        + (info["error"] if "error" in info else f"load average {info['loadavg_1m']:.2f} on {info['cpus']} CPUs")
+        + ("; saturated: these figures measure the generator, not the labs (a larger "
+           "aws.load_generator.instance_type, or fewer labs at once with --student)" if info["saturated"] else "")
+    )  # fmt: skip
+    for sid, summary in summaries.items():
+        if "distributed" in summary:
+            summary["generator"] = info
+            (base / sid / "load_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 LOAD_GRACE_S = 60.0

@@ -98,13 +98,10 @@ def cost_main(roster, price, **kwargs):  # noqa: ANN001, ANN201 - see labkit.aws
     return _cost_main(roster, price, **kwargs)
 
 
-def plan_main(roster, out=print, **kwargs):  # noqa: ANN001, ANN201, ARG001 - the engine interface
-    out(
-        f"fleet plan {roster.cohort}: the aws engine has no plan of its own yet; run "
-        f"`labkit terraform -chdir=terraform/envs/aws plan -var-file={roster.folder}/terraform.tfvars.json` "
-        "(docs/aws.md) to see what `fleet up` would change"
-    )
-    return 2
+def plan_main(roster, out=print, **kwargs):  # noqa: ANN001, ANN201 - see labkit.aws.cli.plan
+    from labkit.aws.cli import plan as _plan
+
+    return _plan(roster, out, **kwargs)
 
 
 def reap_main(yes, **kwargs):  # noqa: ANN001, ANN201 - see labkit.aws.cli.reap_main

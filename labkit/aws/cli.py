@@ -30,7 +30,7 @@ from labkit.aws import (
 from labkit.aws.inventory import write_inventory
 from labkit.aws.preflight import PreflightError, PreflightResult, check_or_raise
 from labkit.aws.teardown import fleet_down, reap
-from labkit.aws.tf import Runner, apply_args, cohort_paths, init_args, run, state_output
+from labkit.aws.tf import Runner, apply_args, cohort_paths, init_args, plan_args, run, state_output
 from labkit.roster import Roster
 from labkit.scenario import load_scenario
 
@@ -131,6 +131,38 @@ def up(
     return 0
 
 
+def plan(
+    roster: Roster,
+    out: Out = print,
+    *,
+    session: Any = None,
+    quotas_client: Any = None,
+    runner: Runner | None = None,
+) -> int:
+    """What `fleet up` would change, creating nothing: preflight, the cohort's tfvars, terraform init + plan."""
+    say = writer(out)
+    if roster.target != "aws" or roster.aws is None:
+        say(f"{roster.path}: target is {roster.target!r}, not aws")
+        return 2
+    roles = _roles(roster)
+    session = session or session_for(roster.aws.region)
+    try:
+        result = check_or_raise(roster, session, quotas_client=quotas_client, roles=roles)
+    except PreflightError as exc:
+        say(exc.render())
+        return 1
+    files = cohort_paths(roster)
+    key = ensure_controller_key(roster)
+    files.tfvars.write_text(json.dumps(tfvars(roster, result, roles, key), indent=2) + "\n")
+    say(f"fleet plan {roster.cohort}: preflight ok; terraform plan (nothing is created or destroyed)")
+    for args in (init_args(roster), plan_args(roster)):
+        rc = run(roster, args, runner=runner)
+        if rc != 0:
+            say(f"terraform {args[0]} failed ({rc})")
+            return rc
+    return 0
+
+
 def down(roster: Roster, out: Out = print, *, session: Any = None, runner: Runner | None = None) -> int:
     """terraform destroy, then the tag sweep; 0 when nothing was left behind."""
     _rc, report = fleet_down(roster, session, out=out, runner=runner)
@@ -225,8 +257,10 @@ def reap_main(
 def cost_main(roster: Roster, price: float, *, out: Out = print, now: dt.datetime | None = None) -> int:
     """Print what the cohort costs per student-hour at ``price`` (USD per instance-hour)."""
     say = writer(out)
-    if price <= 0:
-        say("--price-per-hour must be positive (USD per instance-hour, e.g. 0.0208)")
+    if not price or price <= 0:
+        say(
+            "labkit fleet cost: give --price-per-hour, positive (USD per instance-hour, e.g. 0.0208) for target aws"
+        )
         return 2
     roles = _roles(roster)
     itype = roster.aws.instance_type if roster.aws else "(local)"

@@ -19,6 +19,7 @@ from labkit.inventory import cohort_files
 from labkit.roster import Roster
 
 INVENTORY_FILE = "aws_ec2.yml"  # the plugin only reads files named *aws_ec2.yml / *aws_ec2.yaml
+_NOT_GENERATOR = "tags.role != 'load_generator'"
 
 
 def controller_key_path(roster: Roster) -> Path:
@@ -46,10 +47,19 @@ def inventory_config(roster: Roster, ssh_user: str = DEBIAN_SSH_USER) -> dict[st
         "hostnames": ["tag:Name"],
         "strict": True,
         "keyed_groups": [
-            {"key": "tags.student | replace('-', '_')", "prefix": "student", "separator": "_"},
+            # The load generator is in no student's or scenario's group (an empty list makes no group, even strict).
+            {
+                "key": f"[tags.student | replace('-', '_')] if {_NOT_GENERATOR} else []",
+                "prefix": "student",
+                "separator": "_",
+            },
             {"key": "tags.role | replace('-', '_')", "prefix": "role", "separator": "_"},
-            {"key": "tags.scenario | replace('-', '_')", "prefix": "scenario", "separator": "_"},
-        ],
+            {
+                "key": f"[tags.scenario | replace('-', '_')] if {_NOT_GENERATOR} else []",
+                "prefix": "scenario",
+                "separator": "_",
+            },
+        ],  # fmt: skip
         # The cohort's load generator (aws.load_generator) is in no lab's group, only its own.
         "groups": {"load_generator": "tags.role == 'load_generator'"},
         "compose": {

@@ -68,3 +68,8 @@ def state_output(state_file: Path, name: str) -> Any:
         return state["outputs"][name]["value"]
     except KeyError as exc:
         raise KeyError(f"{state_file}: no output {name!r}; did terraform apply finish?") from exc
+
+
+def plan_args(roster: Roster) -> list[str]:
+    # -lock=false: a plan only reads; an instructor may look while another run holds the lock.
+    return ["plan", "-input=false", "-lock=false", f"-var-file={cohort_paths(roster).tfvars}"]

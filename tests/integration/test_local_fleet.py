@@ -696,6 +696,9 @@ def test_load_runs_its_workers_on_a_load_generator_over_ssh(cohort):
     dist = summary["distributed"]
     assert dist["workers_connected"] == 2 and all(n and n > 0 for n in dist["requests_by_worker"]), dist
     assert summary["held"] and summary["requests"] >= sum(dist["requests_by_worker"]) > 0, summary
+    # The generator's own CPU is on record with the figures (a saturated generator would measure itself).
+    assert summary["generator"]["name"] == generator["name"] and summary["generator"]["cpus"] >= 1, summary
+    assert f"load generator {generator['name']}: load average" in out
     # The lab's passwords reached the workers on stdin only: nothing of them on the generator's disk.
     secret = (folder / "credentials" / "s01" / "rabbitmq").read_text().strip()
     found = subprocess.run(

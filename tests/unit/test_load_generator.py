@@ -26,6 +26,7 @@ URLS = {
 FAKE_LOCUST = """#!/bin/sh
 n=$(basename "$LABKIT_LOAD_WORKER_REPORT" .json)
 record="$(dirname "$0")/../../record"
+if [ "$n" = worker2 ] && [ -e "$record/../hang" ]; then exec sleep 60; fi
 printf '%s\\n' "$@" > "$record/$n.argv"
 env > "$record/$n.env"
 printf '{"requests": 7}' > "$LABKIT_LOAD_WORKER_REPORT"
@@ -60,7 +61,7 @@ def run_worker(script: Path, *args: str, stdin: str = "") -> subprocess.Complete
 def test_workers_get_the_lab_urls_from_stdin_only_and_report_on_stdout(worker) -> None:
     script, record = worker
     stdin = "".join(f"{k}={v}\n" for k, v in URLS.items()) + "LD_PRELOAD=/tmp/evil.so\nPATH=/tmp\n"
-    res = run_worker(script, "queue-segregation", "41234", "2", stdin=stdin)
+    res = run_worker(script, "queue-segregation", "41234", "2", "60", stdin=stdin)
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert rows == [
@@ -86,11 +87,12 @@ def test_workers_get_the_lab_urls_from_stdin_only_and_report_on_stdout(worker) -
 @pytest.mark.parametrize(
     "args",
     [
-        ("../../etc", "41234", "2"),  # not a scenario name
-        ("no-such-scenario", "41234", "2"),
-        ("queue-segregation", "0", "2"),
-        ("queue-segregation", "41234", "0"),
-        ("queue-segregation", "41234"),
+        ("../../etc", "41234", "2", "60"),  # not a scenario name
+        ("no-such-scenario", "41234", "2", "60"),
+        ("queue-segregation", "0", "2", "60"),
+        ("queue-segregation", "41234", "0", "60"),
+        ("queue-segregation", "41234", "2", "0"),
+        ("queue-segregation", "41234", "2"),
     ],
 )
 def test_bad_arguments_start_nothing(worker, args) -> None:
@@ -98,6 +100,16 @@ def test_bad_arguments_start_nothing(worker, args) -> None:
     res = run_worker(script, *args)
     assert res.returncode == 2 and res.stdout == "", res
     assert list(record.iterdir()) == [], "no worker started"
+
+
+def test_a_worker_that_never_ends_is_ended_at_the_deadline_and_the_others_still_report(worker) -> None:
+    script, record = worker
+    (record.parent / "hang").touch()
+    res = run_worker(script, "queue-segregation", "41234", "2", "2", stdin="LABKIT_BROKER_URL=amqp://x\n")
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert rows[0] == {"worker": 1, "requests": 7, "exit_code": 0}
+    assert rows[1]["worker"] == 2 and rows[1]["requests"] is None and rows[1]["exit_code"] is None
+    assert res.returncode == 1
 
 
 def test_remote_reports_become_the_workers_report_files(tmp_path: Path) -> None:

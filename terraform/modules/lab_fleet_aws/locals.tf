@@ -46,11 +46,11 @@ locals {
   }
 
   # The optional load-generator host: Locust workers inside the VPC for a controller the lab ports do not admit.
-  # It reaches each student's lab on the ports load and grading use and nothing else; only the controller's
-  # networks (else the ssh networks) reach its sshd, and it takes only the controller's key (no student key pair).
+  # It reaches each student's lab on the brokers' ports (load_generator_ports) and nothing else; only the
+  # controller's networks (else the ssh networks) reach its sshd, and only the controller's key logs in.
   load_generators = var.load_generator_instance_type == null ? {} : { load_generator = var.load_generator_instance_type }
   load_generator_lab_rules = length(local.load_generators) == 0 ? {} : {
-    for pair in setproduct(keys(var.students), var.controller_ports) :
+    for pair in setproduct(keys(var.students), var.load_generator_ports) :
     "${pair[0]}/${pair[1]}" => { student = pair[0], port = pair[1] }
   }
   load_generator_ssh_cidrs = length(local.load_generators) == 0 ? [] : (

@@ -275,8 +275,8 @@ resource "aws_instance" "host" {
 
 # Locust workers next to the brokers, for a controller whose address the lab ports do not admit: `labkit load
 # --workers N` runs the master on the controller and the workers here, over ssh. It holds every student's
-# broker credentials while a load runs, so no student reaches it: ssh from the controller's networks only, and
-# no lab group admits traffic from it except on the load and grading ports.
+# broker credentials while a load runs, so no student logs in (only the controller's key; ssh from the
+# controller's networks when given), and the labs admit it on the brokers' ports only.
 resource "aws_security_group" "load_generator" {
   # checkov:skip=CKV2_AWS_5:Attached to the load generator through its launch template's network interface, which checkov does not follow.
   for_each = local.load_generators

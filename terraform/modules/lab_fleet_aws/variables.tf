@@ -162,6 +162,17 @@ variable "load_generator_instance_type" {
   }
 }
 
+variable "load_generator_ports" {
+  type        = list(number)
+  default     = [5672, 6379]
+  description = "TCP ports the load generator's Locust workers reach on each lab: AMQP and Redis (the brokers)."
+
+  validation {
+    condition     = alltrue([for p in var.load_generator_ports : p >= 1 && p <= 65535 && floor(p) == p])
+    error_message = "load_generator_ports must be TCP port numbers (1-65535)."
+  }
+}
+
 variable "vpc_cidr" {
   type        = string
   description = "IPv4 block of the cohort VPC; the lab subnet is its first /20 (4,091 usable addresses)."

@@ -161,10 +161,10 @@ def test_a_load_generator_is_made_configured_and_used_by_load(session: boto3.Ses
 
     found = load.load_generator(roster)
     assert found is not None and found["name"] == "demo-load-generator"
-    cmd = load.remote_workers_command(roster, found, 41234, 2)
+    cmd = load.remote_workers_command(roster, found, 41234, 2, 110)
     assert cmd[:3] == ["ssh", "-F", str(folder / "ssh_config")]
     assert cmd[cmd.index("-R") + 1] == "127.0.0.1:41234:127.0.0.1:41234", "the master stays on the controller"
-    assert cmd[-5:] == ["demo-load-generator", load.REMOTE_WORKER, "queue-segregation", "41234", "2"]
+    assert cmd[-6:] == ["demo-load-generator", load.REMOTE_WORKER, "queue-segregation", "41234", "2", "110"]
     assert not any("amqp" in part or "redis://" in part for part in cmd), "URLs go on stdin, not argv"
     # From the controller the labs' public addresses; from the generator, inside the VPC, their private ones.
     (folder / "credentials" / "s000").mkdir(parents=True)
@@ -248,6 +248,39 @@ def test_the_package_is_the_engine_labkit_cli_calls(session: boto3.Session, rost
     assert engine.cost_main(roster, 0.0208, out=said.append) == 0
     for name in ("down", "status", "reap_main"):
         assert callable(getattr(engine, name))
+
+
+def test_plan_runs_preflight_and_terraform_plan_and_creates_nothing(session: boto3.Session, roster) -> None:
+    terraform = FakeTerraform()
+    out = io.StringIO()
+    assert cli.plan(roster, session=session, quotas_client=quota_client(32), runner=terraform, out=out) == 0
+    assert [c[1][0] for c in terraform.calls] == ["init", "plan"]
+    plan = terraform.calls[1][1]
+    assert f"-var-file={roster.folder / 'fleet.auto.tfvars.json'}" in plan and "-auto-approve" not in plan
+    assert (
+        not (roster.folder / "terraform.tfstate").exists() and not (roster.folder / "lab_hosts.json").exists()
+    )
+    assert "nothing is created or destroyed" in out.getvalue()
+    # A cohort preflight refuses gets no plan either (and Terraform never runs).
+    terraform = FakeTerraform()
+    assert cli.plan(roster, session=session, quotas_client=quota_client(1), runner=terraform, out=out) == 1
+    assert terraform.calls == []
+
+
+def test_both_engines_offer_the_same_operations_and_say_what_they_cannot_do(roster) -> None:
+    """labkit.cli picks the engine from the roster's target and calls the same five operations on either."""
+    import inspect
+
+    import labkit.aws as aws_engine
+    from labkit.fleet import local_tf
+
+    for name in ("up", "down", "status", "cost_main", "plan_main"):
+        for engine in (aws_engine, local_tf):
+            params = list(inspect.signature(getattr(engine, name)).parameters)
+            assert params[0] == "roster", (engine.__name__, name, params)
+    said: list[str] = []
+    assert aws_engine.cost_main(roster, None, out=said.append) == 2  # an AWS bill needs a price per hour
+    assert "give --price-per-hour" in said[-1]
 
 
 def test_status_lists_the_cohorts_hosts_from_tags(session: boto3.Session, roster) -> None:

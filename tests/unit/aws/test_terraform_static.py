@@ -311,8 +311,9 @@ def test_the_load_generator_reaches_every_lab_on_the_load_ports_and_only_the_con
     rc, on, err = evaluate_inputs(tmp_path, inputs)
     assert rc == 0, err
     assert on["load_generators"] == {"load_generator": "c6i.large"}
+    # The brokers' ports only (Locust's workers publish and read results), not ssh or the web UIs.
     assert {(r["student"], r["port"]) for r in on["load_generator_lab_rules"].values()} == {
-        (s, p) for s in ("s01", "s02") for p in ports
+        (s, p) for s in ("s01", "s02") for p in (5672, 6379)
     }
     # ssh from the controller's networks, not the students' (it holds every lab's broker credentials in a run).
     assert on["load_generator_ssh_cidrs"] == ["198.51.100.7/32"]
