@@ -61,6 +61,12 @@ def cmd_fleet(args) -> int:
     return {"down": engine.down, "status": engine.status}[args.action](r, _say)
 
 
+def cmd_cache(args) -> int:
+    from labkit.fleet import cache
+
+    return cache.prune(args.yes, out=_say)
+
+
 def cmd_fleet_local(args) -> int:
     from labkit.fleet import local, local_tf
 
@@ -244,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--price-per-hour", type=float, default=None, help="cost: on-demand price of the instance type"
     )
     fl.set_defaults(func=cmd_fleet)
+    ca = sub.add_parser(
+        "cache", help="the local fleet's built-once images: prune what no host or recipe needs"
+    )
+    ca.add_argument("action", choices=["prune"])
+    ca.add_argument("--yes", action="store_true", help="remove them (without it: list what would go)")
+    ca.set_defaults(func=cmd_cache)
     fll = sub.add_parser("fleet-local", help=argparse.SUPPRESS)
     fll.add_argument("action", choices=["network-up", "network-down", "host-up", "host-down"])
     fll.set_defaults(func=cmd_fleet_local)
