@@ -164,9 +164,22 @@ def plan(
 
 
 def down(roster: Roster, out: Out = print, *, session: Any = None, runner: Runner | None = None) -> int:
-    """terraform destroy, then the tag sweep; 0 when nothing was left behind."""
+    """terraform destroy, then the tag sweep; 0 when nothing was left behind. Then, as on the local fleet, the
+    cohort's generated files go too: host lists, inventories, pinned host keys, the lab passwords, the controller key."""
     _rc, report = fleet_down(roster, session, out=out, runner=runner)
-    return 0 if report.clean else 1
+    if not report.clean:
+        return 1
+    import shutil
+
+    files = inventory_files.cohort_files(roster.folder)
+    for path in (files["hosts"], files["lab_hosts"], files["ssh_config"], files["known_hosts"],
+                 files["load_generator"], roster.folder / "aws_ec2.yml", files["tfvars"], files["tf_state"],
+                 files["tf_state"].with_name(files["tf_state"].name + ".backup")):  # fmt: skip
+        path.unlink(missing_ok=True)
+    for folder in (files["credentials"], files["host_vars"], files["student_access"], files["ssh_key"].parent,
+                   files["tf_data"], files["logs"]):  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
 
 
 def status(roster: Roster, out: Out = print, *, session: Any = None) -> int:

@@ -388,6 +388,7 @@ def down(roster: Roster, out: Out = print) -> int:
         files["ssh_config"],
         files["known_hosts"],
         files["access"],
+        files["load_generator"],
         tfvars,
         state,
         state.with_name(state.name + ".backup"),

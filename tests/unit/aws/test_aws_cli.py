@@ -220,6 +220,9 @@ def test_down_destroys_then_sweeps_what_state_forgot(session: boto3.Session, ros
     assert [c[1][0] for c in terraform.calls] == ["destroy"]
     assert "instances: found 4, deleted 4, failed 0" in out.getvalue()
     assert "nothing left behind" in out.getvalue()
+    # Teardown really cleans, as on the local fleet: what up generated (and the controller key) is gone, the roster stays.
+    left = sorted(p.name for p in roster.folder.iterdir())
+    assert left == ["cohort.yml"], left
 
 
 def test_down_without_state_still_sweeps(session: boto3.Session, roster) -> None:
