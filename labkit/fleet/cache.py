@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from labkit.fleet import bake, images
 from labkit.scenario import ScenarioError, load_scenario
 
 Out = Callable[[str], object]
+DIGEST = re.compile(r"[0-9a-f]{16}(\.building)?")
 
 
 @dataclass
@@ -68,7 +70,9 @@ def plan() -> PrunePlan:
     for kind in ("baked", "base", "wheelhouse"):
         folder = paths.CACHE_DIR / kind
         if folder.is_dir():
-            result.remove += [p for p in sorted(folder.iterdir()) if p.is_dir() and p not in keep]
+            # Only the kit's digests (and builds a crash left half-done); other folders (bake logs) are not images.
+            result.remove += [p for p in sorted(folder.iterdir())
+                              if p.is_dir() and p not in keep and DIGEST.fullmatch(p.name)]  # fmt: skip
     return result
 
 

@@ -39,8 +39,10 @@ def test_prune_keeps_current_and_used_layers_and_removes_the_rest(machine: Path)
     old_base = layer(paths.CACHE_DIR / "base" / "00000000000000aa")
     stale = [
         layer(paths.CACHE_DIR / "baked" / "deadbeefdeadbeef", 2),
-        layer(paths.CACHE_DIR / "wheelhouse" / "old"),
+        layer(paths.CACHE_DIR / "wheelhouse" / "00000000000000ff"),
     ]
+    logs = paths.CACHE_DIR / "baked" / "logs"  # not an image: bake.py's playbook logs
+    logs.mkdir()
     host = paths.STATE_DIR / "fleet" / "c1" / "hosts" / "c1-s01-broker"
     host.mkdir(parents=True)
     (host / "initialized").write_text(
@@ -58,6 +60,7 @@ def test_prune_keeps_current_and_used_layers_and_removes_the_rest(machine: Path)
     assert cache.prune(True, out=said.append) == 0
     assert not any(p.exists() for p in stale)
     assert used.exists() and old_base.exists(), "a host's lower layers stay while the host exists"
+    assert logs.exists()
     assert current_queue.exists() and images.base_image_dir().exists() and images.wheelhouse_dir().exists()
     assert "2 folder(s), 3 MiB removed" in said[-1]
 
