@@ -92,6 +92,17 @@ def lab_address(h: dict[str, Any]) -> str:
     return h.get("lab_address") or h["address"]
 
 
+def _cohort_host(h: dict[str, Any], role: str) -> dict[str, Any]:
+    """Host variables of a cohort-wide host (bastion, load generator): the controller's way in, and its role."""
+    return {
+        "ansible_host": h["address"],
+        "ansible_user": h["ssh_user"],
+        "ansible_ssh_private_key_file": str(Path(h["ssh_private_key_file"]).resolve()),
+        "lab_role": role,
+        "lab_hostname": h["name"],
+    }
+
+
 def build_inventory(
     roster: Roster,
     lab_hosts: list[dict[str, Any]],
@@ -143,13 +154,9 @@ def build_inventory(
         children["bastion"] = {
             "hosts": {
                 bastion["name"]: {
-                    "ansible_host": bastion["address"],
-                    "ansible_user": bastion["ssh_user"],
-                    "ansible_ssh_private_key_file": str(Path(bastion["ssh_private_key_file"]).resolve()),
-                    "lab_role": "bastion",
+                    **_cohort_host(bastion, "bastion"),
                     # The kit's own image: no interpreter discovery (under Mitogen it raced and failed this play).
                     "ansible_python_interpreter": "/usr/bin/python3",
-                    "lab_hostname": bastion["name"],
                     "bastion_admin_from": bastion["gateway"],
                     "bastion_access": f"{bastion['access']['address']}:{bastion['access']['port']}",
                     "bastion_students": [
@@ -169,13 +176,7 @@ def build_inventory(
         children["load_generator"] = {
             "hosts": {
                 load_generator["name"]: {
-                    "ansible_host": load_generator["address"],
-                    "ansible_user": load_generator["ssh_user"],
-                    "ansible_ssh_private_key_file": str(
-                        Path(load_generator["ssh_private_key_file"]).resolve()
-                    ),
-                    "lab_role": "load_generator",
-                    "lab_hostname": load_generator["name"],
+                    **_cohort_host(load_generator, "load_generator"),
                     **(host_extra or {}).get(load_generator["name"], {}),
                 }
             }

@@ -92,27 +92,19 @@ def up(
     if roster.target != "aws" or roster.aws is None:
         say(f"{roster.path}: target is {roster.target!r}, not aws")
         return 2
-    roles = _roles(roster)
-    session = session or session_for(roster.aws.region)
-    try:
-        result = check_or_raise(roster, session, quotas_client=quotas_client, roles=roles)
-    except PreflightError as exc:
-        say(exc.render())
-        return 1
+    result = _preflight_and_tfvars(roster, say, session, quotas_client)
+    if isinstance(result, int):
+        return result
     say(
         f"preflight ok: {result.hosts} hosts of {roster.aws.instance_type} in {result.availability_zone}, "
         f"image {result.ami_id}"
     )
     files = cohort_paths(roster)
-    key = ensure_controller_key(roster)
-    files.tfvars.write_text(json.dumps(tfvars(roster, result, roles, key), indent=2) + "\n")
-    for args in (init_args(roster), apply_args(roster)):
-        rc = run(roster, args, runner=runner)
-        if rc != 0:
-            say(f"terraform {args[0]} failed ({rc}); `labkit fleet down` removes anything it created")
-            return rc
+    rc = _terraform(roster, [init_args(roster), apply_args(roster)], runner, say,
+                    "; `labkit fleet down` removes anything it created")  # fmt: skip
+    if rc != 0:
+        return rc
     hosts = state_output(files.state, "lab_hosts")
-    files.lab_hosts.write_text(json.dumps(hosts, indent=2) + "\n")
     inventory = write_inventory(roster)
     # The same hosts.yml / ssh_config as the local engine, so site.yml, load and grade
     # do not care where the hosts are; lab traffic uses their private addresses.
@@ -144,6 +136,15 @@ def plan(
     if roster.target != "aws" or roster.aws is None:
         say(f"{roster.path}: target is {roster.target!r}, not aws")
         return 2
+    result = _preflight_and_tfvars(roster, say, session, quotas_client)
+    if isinstance(result, int):
+        return result
+    say(f"fleet plan {roster.cohort}: preflight ok; terraform plan (nothing is created or destroyed)")
+    return _terraform(roster, [init_args(roster), plan_args(roster)], runner, say, "")
+
+
+def _preflight_and_tfvars(roster: Roster, say: Callable[[str], Any], session: Any, quotas_client: Any):
+    """Preflight (1 and its report when it refuses), then the cohort's tfvars: what up and plan both start with."""
     roles = _roles(roster)
     session = session or session_for(roster.aws.region)
     try:
@@ -151,14 +152,18 @@ def plan(
     except PreflightError as exc:
         say(exc.render())
         return 1
-    files = cohort_paths(roster)
     key = ensure_controller_key(roster)
-    files.tfvars.write_text(json.dumps(tfvars(roster, result, roles, key), indent=2) + "\n")
-    say(f"fleet plan {roster.cohort}: preflight ok; terraform plan (nothing is created or destroyed)")
-    for args in (init_args(roster), plan_args(roster)):
+    cohort_paths(roster).tfvars.write_text(json.dumps(tfvars(roster, result, roles, key), indent=2) + "\n")
+    return result
+
+
+def _terraform(
+    roster: Roster, steps: list[list[str]], runner: Runner | None, say: Callable[[str], Any], hint: str
+) -> int:
+    for args in steps:
         rc = run(roster, args, runner=runner)
         if rc != 0:
-            say(f"terraform {args[0]} failed ({rc})")
+            say(f"terraform {args[0]} failed ({rc}){hint}")
             return rc
     return 0
 

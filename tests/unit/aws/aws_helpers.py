@@ -152,25 +152,7 @@ def build_cohort(
                         TagSpecifications=[spec("launch-template", tags)],
                     )["LaunchTemplate"]["LaunchTemplateId"]
                 )
-            made["instances"].append(
-                ec2.run_instances(
-                    ImageId="ami-0d3e1a5b7c9f0a001",
-                    InstanceType="t3.small",
-                    MinCount=1,
-                    MaxCount=1,
-                    KeyName=f"{cohort}-{sid}",
-                    NetworkInterfaces=[
-                        {
-                            "DeviceIndex": 0,
-                            "SubnetId": subnet,
-                            "Groups": [sg],
-                            "AssociatePublicIpAddress": True,
-                            "DeleteOnTermination": True,
-                        }
-                    ],
-                    TagSpecifications=[spec("instance", tags), spec("volume", tags)],
-                )["Instances"][0]["InstanceId"]
-            )
+            made["instances"].append(_run_instance(ec2, subnet, sg, tags, key_name=f"{cohort}-{sid}"))
     if load_generator:
         tags = [t if t["Key"] != "Name" else {"Key": "Name", "Value": f"{cohort}-load-generator"}
                 for t in kit_tags(cohort, "*", "load_generator", expires_at)]  # fmt: skip
@@ -213,15 +195,24 @@ def build_cohort(
                 ],
             )
         made["security_groups"].append(lg_sg)
-        made["instances"].append(
-            ec2.run_instances(
-                ImageId="ami-0d3e1a5b7c9f0a001", InstanceType="t3.small", MinCount=1, MaxCount=1,
-                NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [lg_sg],
-                                    "AssociatePublicIpAddress": True, "DeleteOnTermination": True}],
-                TagSpecifications=[spec("instance", tags), spec("volume", tags)],
-            )["Instances"][0]["InstanceId"]
-        )  # fmt: skip
+        made["instances"].append(_run_instance(ec2, subnet, lg_sg, tags))
     return made
+
+
+def _run_instance(ec2, subnet: str, sg: str, tags: list[dict], key_name: str | None = None) -> str:
+    """One instance as the module's launch templates make it: in the lab subnet, its group, a public address."""
+    return ec2.run_instances(
+        ImageId="ami-0d3e1a5b7c9f0a001",
+        InstanceType="t3.small",
+        MinCount=1,
+        MaxCount=1,
+        **({"KeyName": key_name} if key_name else {}),
+        NetworkInterfaces=[
+            {"DeviceIndex": 0, "SubnetId": subnet, "Groups": [sg], "AssociatePublicIpAddress": True,
+             "DeleteOnTermination": True}
+        ],
+        TagSpecifications=[spec("instance", tags), spec("volume", tags)],
+    )["Instances"][0]["InstanceId"]  # fmt: skip
 
 
 def build_foreign(session: boto3.Session, cohort: str) -> dict[str, str]:
