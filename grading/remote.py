@@ -219,3 +219,42 @@ def student_producer(
     )
     out = json_from_output(run(host, command, timeout=timeout), "publishing through the lab's app")
     return int(out.get("sent", 0))
+
+
+_PACED_PRODUCER = r"""
+import importlib, json, sys, time
+plan = json.loads(sys.argv[1])
+app = importlib.import_module(plan["module"]).app
+task = app.tasks[plan["task"]]
+sent, failed = [], {}
+start = time.monotonic()
+for i, task_id in enumerate(plan["ids"]):
+    time.sleep(max(0.0, start + i * plan["interval"] - time.monotonic()))
+    try:
+        task.apply_async(tuple(plan.get("args", ())), task_id=task_id, expires=300)
+        sent.append(task_id)
+    except Exception as exc:
+        failed[task_id] = f"{type(exc).__name__}: {exc}"[:200]
+print(json.dumps({"sent": sent, "failed": failed, "seconds": round(time.monotonic() - start, 1)}))
+"""
+
+
+def student_producer_paced(
+    host, module: str, task: str, ids: list[str], interval: float, args=(), timeout: int = 180
+) -> dict[str, Any]:
+    """Publish ``task`` once per id, one every ``interval`` seconds, through the student's own app (its broker URL,
+    failover and confirm settings: all producer-side), as the workers' unprivileged user on ``host``. A publish that
+    raises is recorded and the next one still goes: {"sent": [ids], "failed": {id: error}, "seconds": s}.
+
+    What the app prints is never evidence of delivery: a check counts the outcomes the workers stored."""
+    plan = json.dumps({"module": module, "task": task, "ids": ids, "interval": interval, "args": list(args)})
+    command = (
+        f"cd {APP_DIR} && runuser -u {shlex.quote(APP_USER)} -- env PYTHONPATH={APP_DIR} "
+        f"{VENV_PYTHON} -c {shlex.quote(_PACED_PRODUCER)} {shlex.quote(plan)}"
+    )
+    out = json_from_output(run(host, command, timeout=timeout), "publishing through the lab's app")
+    return {
+        "sent": list(out.get("sent") or []),
+        "failed": dict(out.get("failed") or {}),
+        "seconds": out.get("seconds"),
+    }

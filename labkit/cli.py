@@ -105,19 +105,21 @@ def cmd_provision(args) -> int:
 def cmd_solve(args) -> int:
     r = _roster(args.cohort)
     from labkit.inventory import group_name
+    from labkit.scenario import load_scenario
 
-    for sid in args.student:
+    # --student ID (the solution, or --mutant's) or ID=MUTANT: one playbook run, the students' labs in parallel.
+    plan: dict[str, str] = {}
+    for entry in args.student:
+        sid, _, named = entry.partition("=")
         r.student(sid)
-    mutant = getattr(args, "mutant", None)
-    if mutant:
-        from labkit.scenario import load_scenario
-
-        load_scenario(r.scenario).mutant(mutant)  # an unknown name is refused before any host is touched
-    limit = ",".join(group_name("student", s) for s in args.student)
-    what = f"mutant {mutant}" if mutant else "solution"
+        plan[sid] = named or getattr(args, "mutant", None) or ""
+    for name in sorted(set(plan.values()) - {""}):
+        load_scenario(r.scenario).mutant(name)  # an unknown name is refused before any host is touched
+    limit = ",".join(group_name("student", s) for s in plan)
+    what = ", ".join(f"{sid}: {f'mutant {m}' if m else 'solution'}" for sid, m in plan.items())
+    mutants = {sid: m for sid, m in plan.items() if m}
     return _playbook(
-        r.folder, "solve.yml", limit, f"solve: {what} ({', '.join(args.student)})",
-        extravars={"labkit_mutant": mutant} if mutant else None,
+        r.folder, "solve.yml", limit, f"solve ({what})", extravars={"labkit_mutants": mutants} if mutants else None,
     )  # fmt: skip
 
 
@@ -262,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cohort_cmd("provision", cmd_provision, "configure the labs (ansible-playbook playbooks/site.yml)")
     sp.add_argument("--limit", help="Ansible host pattern, e.g. student_s01")
     sp = cohort_cmd("solve", cmd_solve, "apply the scenario's reference solution (or a mutant) to students")
-    sp.add_argument("--student", action="append", required=True, help="student id (repeatable)")
+    sp.add_argument(
+        "--student", action="append", required=True, metavar="ID[=MUTANT]",
+        help="student id (repeatable); ID=MUTANT gives that student a mutant (one run for all, labs in parallel)",
+    )  # fmt: skip
     sp.add_argument("--mutant", help="apply this near-miss solution instead (scenario.yml mutants)")
     sp = cohort_cmd("load", cmd_load, "drive each lab with the scenario's Locust load profile")
     sp.add_argument("--student", action="append", help="student id (repeatable; default all)")

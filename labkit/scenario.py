@@ -23,7 +23,12 @@ KNOWN_KEYS = {
     "rubric", "starting_state_fails", "mutants", "grading", "student_ports", "app_settings", "redis_persistence",
 }  # fmt: skip
 # Components a topology may use: each is an Ansible role of the same name.
-COMPONENTS = ("rabbitmq", "redis", "redis_exporter", "prometheus", "alertmanager", "flower", "celery_workers")
+COMPONENTS = (
+    "rabbitmq", "redis", "redis_exporter", "prometheus", "alertmanager", "haproxy", "flower", "celery_workers",
+)  # fmt: skip
+# RabbitMQ on several host roles is one cluster (the first role in topology order is its seed, and the lab's broker
+# address); a cluster has at least this many nodes (a quorum queue needs a majority of its members to survive one).
+MIN_CLUSTER_NODES = 3
 # Web UIs a handout may send students to (scenario.yml `student_ports`): name -> (component serving it, TCP port).
 # A student reaches these, and ssh, on their own lab hosts through the cohort's bastion; nothing else.
 STUDENT_PORTS = {
@@ -77,6 +82,11 @@ class Scenario:
     @property
     def rubric(self) -> list[dict[str, Any]]:
         return self.data["rubric"]
+
+    @property
+    def rabbitmq_roles(self) -> list[str]:
+        """Host roles running RabbitMQ, in topology order: one, or the nodes of a cluster (the first is its seed)."""
+        return [r for r, comps in self.data["topology"].items() if "rabbitmq" in (comps or [])]
 
     @property
     def load(self) -> dict[str, Any]:
@@ -183,7 +193,14 @@ def validate(data: Any, folder: Path) -> list[str]:
             )
     for comp in ("rabbitmq", "redis"):
         holders = [r for r, c in topology.items() if isinstance(c, list) and comp in c]
-        if len(holders) > 1:
+        if comp == "rabbitmq" and len(holders) > 1:
+            if len(holders) < MIN_CLUSTER_NODES:
+                problems.append(
+                    f"topology: rabbitmq runs on {holders}: a cluster needs at least {MIN_CLUSTER_NODES} nodes "
+                    "(a quorum queue keeps serving only while a majority of its members runs). Fix: add a node or "
+                    "keep RabbitMQ on one host role."
+                )
+        elif len(holders) > 1:
             problems.append(
                 f"topology: {comp} runs on {holders}; a lab has one. Fix: keep it on one host role."
             )
@@ -295,12 +312,6 @@ def validate(data: Any, folder: Path) -> list[str]:
         mfolder = folder / "mutants" / name
         if not ((mfolder / "vars.yml").is_file() or (mfolder / "app").is_dir()):
             problems.append(f"{where}: {mfolder}/vars.yml or {mfolder}/app/ must exist.")
-        # A mutant may also act, as a student would by hand (tasks/<host role>.yml, run by solve.yml after the roles).
-        for tasks in sorted((mfolder / "tasks").glob("*")) if (mfolder / "tasks").is_dir() else []:
-            if tasks.suffix != ".yml" or tasks.stem not in topology:
-                problems.append(
-                    f"{where}: {tasks} must be tasks/<host role>.yml for a host role of the topology {list(topology)}."
-                )
     if len(names) != len(set(names)):
         problems.append("mutants: names must be unique.")
     for label, sub in [
@@ -312,13 +323,21 @@ def validate(data: Any, folder: Path) -> list[str]:
 
 
 def _solution_problems(label: str, folder: Path, topology: dict[str, Any]) -> list[str]:
+    # A solution or mutant may also act, as a student would by hand (tasks/<host role>.yml, run by solve.yml: the
+    # solution's before the roles apply its settings, a mutant's after them).
+    problems = [
+        f"{label}: {tasks} must be tasks/<host role>.yml for a host role of the topology {list(topology)}."
+        for tasks in (sorted((folder / "tasks").glob("*")) if (folder / "tasks").is_dir() else [])
+        if tasks.suffix != ".yml" or tasks.stem not in topology
+    ]
     path = folder / "vars.yml"
     if not path.is_file():
-        return [] if label != "solution" or (folder / "app").is_dir() else [f"{label}: {path} not found."]
+        return problems + (
+            [] if label != "solution" or (folder / "app").is_dir() else [f"{label}: {path} not found."]
+        )
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        return [f"{path}: must map host roles to variables."]
-    problems = []
+        return [*problems, f"{path}: must map host roles to variables."]
     for role, values in data.items():
         if role not in topology:
             problems.append(f"{path}: {role!r} is not a host role of the topology {list(topology)}.")

@@ -204,6 +204,9 @@ class CeleryUser(User):
                 args=list(spec.args),
                 kwargs=spec.kwargs or {},
                 queue=spec.queue,
+                # The lab's workers declare its queues, with the lab's arguments (a quorum queue, a dead-letter
+                # policy's target): a producer declaring them too, as a classic queue, would be refused.
+                declare=[],
                 # A task nobody picked up in time is stale: a worker that starts
                 # consuming the queue later should discard it, not work through a backlog.
                 expires=self.result_timeout,

@@ -45,8 +45,8 @@ COMMON = ("lab_base", "student_access")
 SUPERVISED = ("celery_workers", "flower")
 # Play order of site.yml: the order the bake installs in.
 ORDER = (
-    "lab_base", "student_access", "rabbitmq", "redis", "redis_exporter", "prometheus", "alertmanager", "supervisor",
-    "flower", "celery_workers",
+    "lab_base", "student_access", "rabbitmq", "redis", "redis_exporter", "prometheus", "alertmanager", "haproxy",
+    "supervisor", "flower", "celery_workers",
 )  # fmt: skip
 # What a bake leaves behind that belongs to one host, not to the image: removed before the layer is kept.
 IDENTITY = (

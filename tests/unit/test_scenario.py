@@ -68,7 +68,28 @@ def test_a_mutants_hand_tasks_name_a_host_role(broken, tmp_path):
     (tasks / "monitor.yml").write_text("---\n[]\n")
 
     text = broken(lambda d: None)
-    assert "mutants[1] (early-ack):" in text and "tasks/<host role>.yml for a host role" in text
+    assert "mutants/early-ack: " in text and "tasks/<host role>.yml for a host role" in text
+
+
+def test_the_solutions_hand_tasks_name_a_host_role_too(broken, tmp_path):
+    tasks = tmp_path / "queue-segregation" / "solution" / "tasks"
+    tasks.mkdir()
+    (tasks / "monitor.yml").write_text("---\n[]\n")
+
+    text = broken(lambda d: None)
+    assert "solution: " in text and "solution/tasks/monitor.yml must be tasks/<host role>.yml" in text
+
+
+def test_rabbitmq_on_several_roles_is_a_cluster_of_three_or_more(broken):
+    text = broken(lambda d: d["topology"].update(worker=["rabbitmq", "celery_workers"]))
+    assert "a cluster needs at least 3 nodes" in text and "Fix: add a node" in text
+
+
+def test_a_cluster_s_first_node_is_the_labs_broker():
+    spec = load_scenario("rabbitmq-cluster-failover")
+    assert spec.rabbitmq_roles == ["rabbit1", "rabbit2", "rabbit3"]
+    lab = {"rabbit1": "10.0.0.1", "rabbit2": "10.0.0.2", "rabbit3": "10.0.0.3", "worker": "10.0.0.4"}
+    assert spec.endpoints(lab)["rabbitmq"] == "10.0.0.1" and spec.endpoints(lab)["haproxy"] == "10.0.0.4"
 
 
 def test_load_tasks_go_through_a_broker_the_lab_runs(broken):
