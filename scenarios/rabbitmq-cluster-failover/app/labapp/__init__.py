@@ -1,0 +1,1 @@
+"""The lab's Celery app (rabbitmq-cluster-failover scenario)."""

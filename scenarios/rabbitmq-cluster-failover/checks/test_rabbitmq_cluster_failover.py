@@ -1,0 +1,224 @@
+"""Checks of the rabbitmq-cluster-failover lab.
+
+Facts come from the cluster itself (rabbitmqctl on the nodes, as root through sudo): which nodes run, what type each
+queue is, where its members are and which are online. The failover check publishes the grader's orders (fresh
+uuid4 ids) through the student's own app, as the workers' unprivileged user on the worker host (broker URL,
+failover and confirms are producer-side settings), stops RabbitMQ on rabbit1 itself part-way through, and counts
+the outcomes the pool stored in Redis for those ids while rabbit1 is still down. rabbit1 is started again whatever
+happened, before the check ends.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from grading import timeline
+from grading.common import (
+    test_broker_ready,
+    test_flower_supervised_and_protected,
+    test_redis_requires_password,
+    test_workers_supervised,
+)
+from grading.facts import wait_until
+from grading.remote import LabCommandError, json_from_output, run, student_producer_paced
+
+__all__ = [
+    "test_broker_ready", "test_flower_supervised_and_protected", "test_redis_requires_password",
+    "test_workers_supervised",
+]  # fmt: skip
+
+ORDER = "labapp.tasks.place_order"
+NODES = ("rabbit1", "rabbit2", "rabbit3")
+# The failover ledger: LEDGER orders, one every INTERVAL s; rabbit1 stops FAULT_AFTER s in; every order must have
+# succeeded SETTLE_WITHIN s after the last publish, rabbit1 still down.
+LEDGER, INTERVAL, FAULT_AFTER, SETTLE_WITHIN = 40, 0.25, 3.0, 60.0
+# How long the cluster may take to show a node (or a queue member) back after a start.
+REJOIN_WITHIN = 90.0
+
+
+def _node(role: str) -> str:
+    return f"rabbit@{role}"
+
+
+def _pool_queues(lab) -> list[str]:
+    return sorted({q for pool in lab.scenario.data.get("pools") or [] for q in pool.get("queues") or []})
+
+
+def cluster_status(host) -> dict:
+    res = run(host, "rabbitmqctl -q cluster_status --formatter json", timeout=60)
+    return json_from_output(res, "rabbitmqctl cluster_status")
+
+
+def running_nodes(host) -> set[str]:
+    try:
+        return set(cluster_status(host).get("running_nodes") or [])
+    except LabCommandError:
+        return set()
+
+
+def lab_queues(host) -> dict[str, dict]:
+    """The lab vhost's queues as the cluster sees them: name -> {type, members, online, consumers}."""
+    res = run(
+        host,
+        "rabbitmqctl -q list_queues -p lab name type members online consumers --formatter json",
+        timeout=60,
+    )
+    try:  # one JSON array, an object per line
+        queues = json.loads(res.stdout or "")
+    except ValueError:
+        raise LabCommandError(
+            f"rabbitmqctl list_queues (exit {res.rc}): {(res.stderr or res.stdout or '').strip()[-300:]}"
+        ) from None
+    return {q["name"]: q for q in queues}
+
+
+def _all_online(queue: dict) -> bool:
+    return set(queue.get("online") or []) == {_node(n) for n in NODES}
+
+
+def start_node(node_host) -> float:
+    """Start RabbitMQ on a node again and wait for it to serve; the seconds it took."""
+    t0 = time.monotonic()
+    res = run(
+        node_host,
+        "systemctl start rabbitmq-server && rabbitmqctl -q await_startup --timeout 120",
+        timeout=180,
+    )
+    if res.rc != 0:
+        raise LabCommandError(
+            f"rabbitmq-server on rabbit1 did not start again: {(res.stderr or res.stdout)[-300:]}"
+        )
+    timeline.mark("recovered", "rabbitmq-server on rabbit1 serves again")
+    return time.monotonic() - t0
+
+
+@pytest.mark.check("cluster-formed")
+def test_three_nodes_run_as_one_cluster(host):
+    want = {_node(n) for n in NODES}
+    running = wait_until(lambda: running_nodes(host) >= want and running_nodes(host), 30, 2) or set()
+    status = cluster_status(host)
+    disc = set(status.get("disk_nodes") or [])
+    assert want <= disc, f"the cluster's members are {sorted(disc)}; expected {sorted(want)}"
+    assert want <= running, f"running nodes: {sorted(running)}; expected all of {sorted(want)}"
+
+
+@pytest.mark.check("quorum-queues")
+def test_orders_is_a_quorum_queue_on_every_node(host, lab):
+    wanted = _pool_queues(lab)
+    # Right after another check restarted rabbit1 its member may still be catching up: a few seconds' grace.
+    seen: list[dict] = []
+    wait_until(
+        lambda: (
+            seen.append(lab_queues(host))
+            or all(
+                q in seen[-1] and seen[-1][q].get("type") == "quorum" and _all_online(seen[-1][q])
+                for q in wanted
+            )
+        ),
+        30,
+        2,
+    )
+    queues = seen[-1]
+    for name in wanted:
+        assert name in queues, f"queue {name!r} does not exist in vhost lab (queues: {sorted(queues)})"
+        q = queues[name]
+        assert q.get("type") == "quorum", (
+            f"queue {name!r} is a {q.get('type')} queue (it lives on {', '.join(q.get('members') or []) or 'one node'} "
+            "only); expected a quorum queue"
+        )
+        members = set(q.get("members") or [])
+        assert members == {_node(n) for n in NODES}, (
+            f"quorum queue {name!r} has members {sorted(members)}; expected one on each of {list(NODES)}"
+        )
+        assert _all_online(q), (
+            f"quorum queue {name!r}: online members {sorted(q.get('online') or [])} of {sorted(members)}"
+        )
+
+
+@pytest.mark.check("failover-ledger")
+def test_orders_survive_the_loss_of_rabbit1(grader, host_for):
+    worker, node1, node2 = host_for("worker"), host_for("rabbit1"), host_for("rabbit2")
+    want = {_node(n) for n in NODES}
+    running = (
+        wait_until(lambda: running_nodes(node2) >= want and running_nodes(node2), REJOIN_WITHIN, 2) or set()
+    )
+    assert want <= running, (
+        f"before the fault, the cluster runs {sorted(running)}; expected all of {sorted(want)}"
+    )
+    ids = [grader.new_id("failover") for _ in range(LEDGER)]
+    published: dict = {}
+
+    def publish() -> None:
+        try:
+            published.update(
+                student_producer_paced(worker, "labapp.tasks", ORDER, ids, INTERVAL, args=[{"amount": 1}])
+            )
+        except Exception as exc:  # reported below, after rabbit1 is back
+            published["error"] = str(exc)
+
+    producer = threading.Thread(target=publish, name="failover-producer", daemon=True)
+    timeline.mark("ledger", f"publishing {LEDGER} orders through the lab's app, one every {INTERVAL} s")
+    producer.start()
+    time.sleep(FAULT_AFTER)
+    stopped = False
+    try:
+        res = run(node1, "systemctl stop rabbitmq-server", timeout=120)
+        stopped = res.rc == 0
+        assert stopped, f"could not stop rabbitmq-server on rabbit1: {(res.stderr or res.stdout)[-300:]}"
+        timeline.mark(
+            "fault", f"systemctl stop rabbitmq-server on rabbit1, {FAULT_AFTER:.0f} s into the orders"
+        )
+        producer.join(timeout=LEDGER * INTERVAL + 180)
+        by_state: dict[str, list[str]] = {}
+        for task_id, outcome in grader.wait(ids, SETTLE_WITHIN, interval=0.5).items():
+            by_state.setdefault(outcome.state, []).append(task_id)
+        # Still down: whatever succeeded, succeeded without rabbit1.
+        still_down = "inactive" in run(node1, "systemctl is-active rabbitmq-server", timeout=30).stdout
+    finally:
+        if stopped:
+            start_node(node1)
+    done = len(by_state.get("SUCCESS", []))
+    timeline.mark("ledger", f"{done} of {LEDGER} orders succeeded with rabbit1 down")
+    assert "error" not in published, f"publishing through the lab's app failed: {published['error']}"
+    failed = published.get("failed") or {}
+    assert not failed, (
+        f"the lab's app could not publish {len(failed)} of {LEDGER} orders once rabbit1 was down "
+        f"(first error: {next(iter(failed.values()))})"
+    )
+    assert still_down, "rabbit1 came back before the orders were counted: the count would not prove failover"
+    counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(by_state.items()))
+    assert done == LEDGER, (
+        f"{LEDGER} orders published (rabbit1 stopped {FAULT_AFTER:.0f} s in): {done} succeeded within "
+        f"{SETTLE_WITHIN:.0f} s with rabbit1 down ({counts}); the others were lost or waited for rabbit1"
+    )
+
+
+@pytest.mark.check("node-rejoins")
+def test_rabbit1_rejoins_after_a_restart(host, host_for):
+    res = run(
+        host, "systemctl restart rabbitmq-server && rabbitmqctl -q await_startup --timeout 120", timeout=180
+    )
+    assert res.rc == 0, f"rabbitmq-server on rabbit1 did not come back: {(res.stderr or res.stdout)[-300:]}"
+    node2 = host_for("rabbit2")
+    want = {_node(n) for n in NODES}
+    running = (
+        wait_until(lambda: running_nodes(node2) >= want and running_nodes(node2), REJOIN_WITHIN, 2) or set()
+    )
+    assert want <= running, (
+        f"after a restart of rabbit1, rabbit2 sees {sorted(running)} running; expected {sorted(want)}"
+    )
+    quorum: list[dict] = []
+    wait_until(
+        lambda: (
+            quorum.append({n: q for n, q in lab_queues(node2).items() if q.get("type") == "quorum"})
+            or all(_all_online(q) for q in quorum[-1].values())
+        ),
+        REJOIN_WITHIN,
+        2,
+    )
+    lagging = {n: sorted(q.get("online") or []) for n, q in quorum[-1].items() if not _all_online(q)}
+    assert not lagging, f"quorum queues without all their members online after rabbit1 rejoined: {lagging}"
