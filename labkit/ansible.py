@@ -35,7 +35,9 @@ class PlaybookResult:
     changed: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     ok: dict[str, int] = field(default_factory=dict)
+    unreachable: dict[str, int] = field(default_factory=dict)
     retries: int = 0
+    rerun: str | None = None  # the limit of the second run after unreachable hosts (run_playbook)
     stuck: dict[str, str] = field(default_factory=dict)
     log: Path | None = None
 
@@ -226,6 +228,7 @@ def run_playbook_inventory(
         changed=dict(stats.get("changed", {})),
         failed={**stats.get("failures", {}), **stats.get("dark", {})},
         ok=dict(stats.get("ok", {})),
+        unreachable=dict(stats.get("dark", {})),
         retries=watch.retries,
         log=log,
     )
@@ -237,6 +240,35 @@ def run_playbook_inventory(
     return res
 
 
+def retry_scope(res: PlaybookResult, inventory: Path, limit: str | None) -> str | None:
+    """What to run once more after a run whose only trouble was hosts that did not answer (Mitogen's connection
+    timed out on a machine busy with other labs): the same limit, or the labs of those hosts' students. None when
+    a task failed, the run hit its deadline, or nothing was unreachable: those are not retried."""
+    if (
+        res.rc == 0
+        or res.status == "timeout"
+        or not res.unreachable
+        or set(res.failed) - set(res.unreachable)
+    ):
+        return None
+    if limit:
+        return limit
+    from labkit.inventory import group_name, read_inventory
+
+    def host_vars(group: dict) -> dict[str, dict]:
+        found = {h: v or {} for h, v in ((group or {}).get("hosts") or {}).items()}
+        for child in ((group or {}).get("children") or {}).values():
+            for h, v in host_vars(child).items():
+                found[h] = {**found.get(h, {}), **v}
+        return found
+
+    known = host_vars(read_inventory(inventory).get("all", {}))
+    students = {known.get(h, {}).get("lab_student") for h in res.unreachable}
+    if None in students:  # a cohort host (bastion, load generator) or one the inventory lacks: the whole run
+        return "all"
+    return ",".join(group_name("student", s) for s in sorted(students))
+
+
 def run_playbook(
     folder: Path,
     playbook: str,
@@ -246,6 +278,8 @@ def run_playbook(
     deadline: float | None = None,
     label: str = "",
 ) -> PlaybookResult:
+    """A cohort's playbook, after labkit's own roster check. Hosts that did not answer get one more run (their labs
+    only; the playbooks are idempotent), so a busy moment does not fail a class's provisioning."""
     inv = cohort_files(folder)["hosts"]
     if not inv.is_file():
         raise FileNotFoundError(f"{inv}: no inventory. Fix: run `labkit fleet up {folder}` first.")
@@ -255,6 +289,19 @@ def run_playbook(
         folder
     )  # refuses a bad roster before any host is touched (the playbook then skips its own check)
     extravars = {"labkit_roster_validated": True, **(extravars or {})}
-    return run_playbook_inventory(
-        inv, playbook, limit, extravars, out, deadline, label, log_dir=cohort_files(folder)["logs"]
-    )
+    logs = cohort_files(folder)["logs"]
+    res = run_playbook_inventory(inv, playbook, limit, extravars, out, deadline, label, log_dir=logs)
+    again = retry_scope(res, inv, limit)
+    if not again:
+        return res
+    label = label or Path(playbook).name
+    out(f"{label}: did not answer: {', '.join(sorted(res.unreachable))}; running once more for {again}")
+    second = run_playbook_inventory(inv, playbook, again, extravars, out, deadline, label, log_dir=logs)
+    # Hosts outside the second run keep the first run's counts; the second run's verdict stands for its hosts.
+    second.changed = {
+        h: res.changed.get(h, 0) + second.changed.get(h, 0) for h in {*res.changed, *second.changed}
+    }
+    second.ok = {**res.ok, **second.ok}
+    second.retries += res.retries
+    second.rerun = again
+    return second

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -77,8 +78,16 @@ def run(args: list[str], env: dict, timeout: int = 1500) -> str:
     t0 = time.monotonic()
     proc = subprocess.run([*LABKIT, *args], env=env, capture_output=True, text=True, timeout=timeout)
     print(f"\n$ labkit {' '.join(args)}  ({time.monotonic() - t0:.0f} s, exit {proc.returncode})", flush=True)
+    # Why hosts failed (labkit prints one line each, early in a long output the tail would cut off).
+    why = [
+        ln
+        for ln in proc.stdout.splitlines()
+        if re.search(r": (unreachable|FAILED) in task |DEADLINE|did not answer", ln)
+    ]
     assert proc.returncode == 0, (
-        f"labkit {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}"
+        f"labkit {' '.join(args)} failed:\n"
+        + "\n".join(why[:40])
+        + f"\n...\n{proc.stdout[-4000:]}\n{proc.stderr[-3000:]}"
     )
     return proc.stdout
 
