@@ -212,13 +212,19 @@ def student_producer(
     """
     if broker not in ("rabbitmq", "redis"):
         raise ValueError(f"broker {broker!r}: rabbitmq or redis")
-    plan = json.dumps({"module": module, "sends": sends})
-    command = (
-        f"cd {APP_DIR} && runuser -u {shlex.quote(APP_USER)} -- env PYTHONPATH={APP_DIR} LAB_BROKER={broker} "
-        f"{VENV_PYTHON} -c {shlex.quote(_PRODUCER)} {shlex.quote(plan)}"
-    )
-    out = json_from_output(run(host, command, timeout=timeout), "publishing through the lab's app")
+    out = _in_app(host, _PRODUCER, {"module": module, "sends": sends}, timeout, env=f"LAB_BROKER={broker}")
     return int(out.get("sent", 0))
+
+
+def _in_app(host, snippet: str, plan: dict[str, Any], timeout: int, env: str = "") -> Any:
+    """Run ``snippet`` (plan as JSON in argv[1]) with the student's app importable, as the workers' unprivileged
+    user on ``host``; its last output line, parsed. The output is capped on the host: an app that prints without end
+    cannot fill the controller's memory."""
+    command = (
+        f"cd {APP_DIR} && runuser -u {shlex.quote(APP_USER)} -- env PYTHONPATH={APP_DIR} {env} "
+        f"{VENV_PYTHON} -c {shlex.quote(snippet)} {shlex.quote(json.dumps(plan))} | tail -c 65536"
+    )
+    return json_from_output(run(host, command, timeout=timeout), "publishing through the lab's app")
 
 
 _PACED_PRODUCER = r"""
@@ -254,13 +260,8 @@ def student_producer_paced(
     raises is recorded and the next one still goes: {"sent": [ids], "failed": {id: error}, "seconds": s}.
 
     What the app prints is never evidence of delivery: a check counts the outcomes the workers stored."""
-    plan = json.dumps({"module": module, "task": task, "ids": ids, "interval": interval, "args": list(args)})
-    # Its output is capped on the host: an app that prints without end cannot fill the controller's memory.
-    command = (
-        f"cd {APP_DIR} && runuser -u {shlex.quote(APP_USER)} -- env PYTHONPATH={APP_DIR} "
-        f"{VENV_PYTHON} -c {shlex.quote(_PACED_PRODUCER)} {shlex.quote(plan)} | tail -c 65536"
-    )
-    out = json_from_output(run(host, command, timeout=timeout), "publishing through the lab's app")
+    plan = {"module": module, "task": task, "ids": ids, "interval": interval, "args": list(args)}
+    out = _in_app(host, _PACED_PRODUCER, plan, timeout)
     return {
         "sent": list(out.get("sent") or []),
         "failed": dict(out.get("failed") or {}),
