@@ -180,7 +180,7 @@ cat >> celeryconfig.py <<'END'
 task_create_missing_queue_type = "quorum"
 task_default_queue_type = "quorum"
 broker_transport_options = {"confirm_publish": True}
-task_publish_retry_policy = {"max_retries": 6, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 1}
+task_publish_retry_policy = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 2}
 END
 """,
         ),
