@@ -137,17 +137,23 @@ def _mitogen_env() -> dict[str, str]:
     return {"ANSIBLE_STRATEGY_PLUGINS": str(plugins), "ANSIBLE_STRATEGY": "mitogen_free"}
 
 
-def _count_hosts(inventory: Path) -> int:
+def _inventory_hosts(inventory: Path) -> dict[str, dict]:
+    """Every host of a generated hosts.yml, with the variables it has in any group."""
     from labkit.inventory import read_inventory
 
-    def walk(group: dict) -> set[str]:
-        names = set((group or {}).get("hosts") or {})
+    def walk(group: dict) -> dict[str, dict]:
+        found = {h: v or {} for h, v in ((group or {}).get("hosts") or {}).items()}
         for child in ((group or {}).get("children") or {}).values():
-            names |= walk(child)
-        return names
+            for h, v in walk(child).items():
+                found[h] = {**found.get(h, {}), **v}
+        return found
 
+    return walk(read_inventory(inventory).get("all", {}))
+
+
+def _count_hosts(inventory: Path) -> int:
     try:
-        return len(walk(read_inventory(inventory).get("all", {})))
+        return len(_inventory_hosts(inventory))
     except Exception:
         return 1
 
@@ -253,16 +259,9 @@ def retry_scope(res: PlaybookResult, inventory: Path, limit: str | None) -> str 
         return None
     if limit:
         return limit
-    from labkit.inventory import group_name, read_inventory
+    from labkit.inventory import group_name
 
-    def host_vars(group: dict) -> dict[str, dict]:
-        found = {h: v or {} for h, v in ((group or {}).get("hosts") or {}).items()}
-        for child in ((group or {}).get("children") or {}).values():
-            for h, v in host_vars(child).items():
-                found[h] = {**found.get(h, {}), **v}
-        return found
-
-    known = host_vars(read_inventory(inventory).get("all", {}))
+    known = _inventory_hosts(inventory)
     students = {known.get(h, {}).get("lab_student") for h in res.unreachable}
     if None in students:  # a cohort host (bastion, load generator) or one the inventory lacks: the whole run
         return "all"
