@@ -76,9 +76,21 @@ unit: venv $(VENV)-checkov/bin/checkov
 	$(PYTEST) tests/unit -q
 
 # Role tests: one local fleet lab host per scenario (molecule/<role>/), idempotence included.
-# Molecule 26 looks its ansible tools up on PATH.
+# Molecule 26 looks its ansible tools up on PATH. The scenarios are independent one-student cohorts, so
+# MOLECULE_JOBS of them run at once (a lone lab host leaves the 2 cores idle most of the time); each one's
+# output goes to reports/molecule/<role>.log, shown when it fails.
+MOLECULE_SCENARIOS := $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))
+MOLECULE_JOBS ?= 3
 molecule: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/molecule test --all
+	@mkdir -p reports/molecule
+	@printf '%s\n' $(MOLECULE_SCENARIOS) | PATH="$(CURDIR)/$(BIN):$$PATH" xargs -P $(MOLECULE_JOBS) -I{} bash -c '\
+	  t0=$$SECONDS; \
+	  if molecule test -s {} > reports/molecule/{}.log 2>&1; then \
+	    echo "molecule {}: passed in $$((SECONDS - t0)) s (reports/molecule/{}.log)"; \
+	  else \
+	    echo "molecule {}: FAILED after $$((SECONDS - t0)) s; the end of reports/molecule/{}.log:"; \
+	    tail -n 80 reports/molecule/{}.log; exit 1; \
+	  fi'
 
 integration: setup
 	$(PYTEST) tests/integration -q -s
