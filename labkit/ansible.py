@@ -151,6 +151,15 @@ def _inventory_hosts(inventory: Path) -> dict[str, dict]:
     return walk(read_inventory(inventory).get("all", {}))
 
 
+def labs_limit(inventory: Path, students: list[str]) -> str:
+    """An Ansible limit for some students' labs and the cohort's own hosts (bastion, load generator): what a late
+    student's provisioning needs, and nothing of the other labs."""
+    from labkit.inventory import group_name
+
+    cohort_hosts = sorted(h for h, v in _inventory_hosts(inventory).items() if not v.get("lab_student"))
+    return ",".join([*(group_name("student", s) for s in students), *cohort_hosts])
+
+
 def _count_hosts(inventory: Path) -> int:
     try:
         return len(_inventory_hosts(inventory))

@@ -171,8 +171,19 @@ def cmd_status(args) -> int:
 
 def cmd_up(args) -> int:
     r = _roster(args.cohort)
+    students = args.student or []
     code = _fleet_engine(r).up(r, _say, yes=args.yes)
-    return code or _playbook(r.folder, "site.yml", None, "provision (site.yml)")
+    if code:
+        return code
+    if not students:
+        return _playbook(r.folder, "site.yml", None, "provision (site.yml)")
+    # A late student: the whole fleet is planned (only their hosts are new), their labs and the cohort's own hosts
+    # (the bastion lets them in) are provisioned; the other labs are not touched.
+    from labkit.ansible import labs_limit
+    from labkit.inventory import cohort_files
+
+    limit = labs_limit(cohort_files(r.folder)["hosts"], students)
+    return _playbook(r.folder, "site.yml", limit, f"provision (site.yml) for {', '.join(students)}")
 
 
 def cmd_demo(args) -> int:
@@ -289,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--yes", action="store_true", help="remove or replace hosts the plan drops without asking"
     )
+    sp.add_argument(
+        "--student", action="append", metavar="ID",
+        help="provision only these students' labs (and the cohort's bastion): a late student joins without a "
+             "re-run of every lab (repeatable; the fleet plan still covers the whole roster)",
+    )  # fmt: skip
     sp = cohort_cmd("demo", cmd_demo, "fleet up, provision, solve the first student, load, grade")
     sp.add_argument(
         "--yes", action="store_true", help="remove or replace hosts the plan drops without asking"
@@ -312,6 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _known_students(r: Roster, args) -> None:
+    """Refuse --student ids (ID or ID=MUTANT) the roster does not have, naming the file, the flag and the fix."""
+    given = getattr(args, "student", None) or []
+    ids = [entry.partition("=")[0] for entry in ([given] if isinstance(given, str) else given)]
+    known = [s.id for s in r.students]
+    unknown = [sid for sid in ids if sid not in known]
+    if unknown:
+        raise RosterError(
+            r.path,
+            [f"--student {sid}: no such student in the roster. Fix: add them to students: first (a late "
+             f"student), or name one of {', '.join(known)}." for sid in unknown],
+        )  # fmt: skip
+
+
 # Commands that change a cohort hold its lock (labkit.state.cohort_lock): a second one waits for the first.
 LOCKED = {"fleet", "provision", "solve", "load", "grade", "up", "demo", "reset"}
 
@@ -333,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         ):
             from labkit.state import cohort_lock
 
-            _roster(folder)  # a bad roster is refused before anything (the lock file included) is made
+            # A bad roster, or a --student it does not name, is refused before anything (the lock file included)
+            # is made.
+            _known_students(_roster(folder), args)
             with cohort_lock(Path(folder), "labkit " + " ".join(argv), _say):
                 return int(args.func(args) or 0)
         return int(args.func(args) or 0)

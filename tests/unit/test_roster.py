@@ -152,3 +152,16 @@ def test_cli_refuses_before_creating_anything(tmp_path, pubkey):
     assert proc.returncode == 2
     assert "duplicate" in proc.stderr and "nothing was created" in proc.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["cohort.yml"]
+
+
+def test_up_for_a_student_not_in_the_roster_is_refused_before_anything_is_made(tmp_path, pubkey):
+    folder = write(tmp_path, roster(pubkey))
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit.cli", "up", str(folder), "--student", "s02", "--student", "s09"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert str(folder / "cohort.yml") in proc.stderr and "nothing was created" in proc.stderr
+    assert "--student s09: no such student in the roster" in proc.stderr and "s01, s02" in proc.stderr
+    assert "s02:" not in proc.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["cohort.yml"]

@@ -284,3 +284,23 @@ def test_the_inventory_keeps_the_bastion_out_of_the_labs(tmp_path, pubkey):
     assert b["bastion_admin_from"] == "10.250.7.1" and b["bastion_access"] == "192.0.2.2:2202"
     assert [s["permit"] for s in b["bastion_students"]] == [["10.250.7.10:22"], ["10.250.7.12:22"]]
     assert all(isinstance(s["key"], inventory.Unsafe) for s in b["bastion_students"])
+
+
+def test_a_late_students_provisioning_reaches_their_lab_and_the_bastion_only(tmp_path, pubkey):
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    from labkit.ansible import labs_limit
+
+    r = load_roster(write_roster(tmp_path, pubkey))
+    _cohort_files(tmp_path)
+    hosts = json.loads((tmp_path / "lab_hosts.json").read_text())
+    bastion = {"name": "c1-bastion", "address": "10.250.7.2", "ssh_user": "admin", "ssh_private_key_file": "/k",
+               "gateway": "10.250.7.1", "access": {"address": "192.0.2.2", "port": 2202},
+               "host_key": "ssh-ed25519 BASTIONKEY", "students": {"s01": [], "s02": []}}  # fmt: skip
+    files = inventory.write_cohort_files(r, hosts, {}, "", bastion=bastion)
+    limit = labs_limit(files["hosts"], ["s02"])
+    # What Ansible itself selects with that --limit.
+    inv = InventoryManager(DataLoader(), sources=[str(files["hosts"])])
+    inv.subset(limit)
+    assert sorted(h.name for h in inv.get_hosts()) == ["c1-bastion", "c1-s02-broker", "c1-s02-worker"]
