@@ -93,7 +93,7 @@ molecule: setup
 	  fi'
 
 integration: setup
-	$(PYTEST) tests/integration -q -s
+	$(PYTEST) tests/integration -q -s --durations=25
 
 test: setup lint unit molecule integration
 	@echo "make test: lint, unit, molecule and integration passed"
