@@ -211,3 +211,28 @@ def test_scenario_checks_cover_the_rubric(tmp_path, scenario):
     rubric = yaml.safe_load((paths.scenario_dir(scenario) / "scenario.yml").read_text())["rubric"]
     assert len(nodeids) == 2 * len(rubric)
     assert all(n.endswith(("[s01]", "[s02]")) for n in nodeids)
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_grade_runs_at_most_max_parallel_labs_at_once(mini, parallel):
+    roster = Roster(
+        path=mini["cohort"] / "cohort.yml", cohort="demo", scenario="mini", target="local",
+        students=(Student("s01", "Ada", "k"), Student("s02", "Bob", "k")),
+    )  # fmt: skip
+    lines: list[str] = []
+    grade(roster, out=lines.append, max_parallel=parallel, reports_dir=mini["reports"],
+          scenarios_dir=mini["scenarios"], extra_pytest_args=["--lab-connection", "local"])  # fmt: skip
+    events = [line.split(":")[0] + (" started" if "started" in line else " finished")
+              for line in lines if line.startswith("grade s0") and ("started" in line or "finished" in line)]  # fmt: skip
+    # One at a time: the second lab starts once the first has finished; two at once: both start first.
+    assert events.index("grade s02 started") == (2 if parallel == 1 else 1), events
+    assert len(events) == 4, events
+
+
+def test_grade_parallel_must_be_positive(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "labkit.cli", "grade", str(tmp_path), "--parallel", "0"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--parallel: 0: give 1 or more" in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
