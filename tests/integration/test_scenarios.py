@@ -38,10 +38,15 @@ pytestmark = [
 ]
 
 LABKIT = [sys.executable, "-m", "labkit.cli"]
-# All of them (LABKIT_TEST_SCENARIOS=a,b narrows a developer's run).
+# Proven only when named (LABKIT_TEST_SCENARIOS=rabbitmq-cluster-failover), for time alone: with it make test took
+# 70 minutes on 2 cores (the five cohorts 43 of them; its 20 hosts' first `labkit up` took 554 s beside another
+# cohort's grading), over the 60 the CI budget allows. Its grades held in that run (solved and by hand 100 %, untouched
+# 0 %, each mutant exactly its check, twice; the failover-ledger flake is explained and fixed: see issue 11's note).
+NOT_BY_DEFAULT = {"rabbitmq-cluster-failover"}
+# All of them but those (LABKIT_TEST_SCENARIOS=a,b narrows or widens a developer's run).
 SCENARIOS = [
     s for s in known_scenarios()
-    if s in (os.environ.get("LABKIT_TEST_SCENARIOS") or ",".join(known_scenarios())).split(",")
+    if s in (os.environ.get("LABKIT_TEST_SCENARIOS") or ",".join(set(known_scenarios()) - NOT_BY_DEFAULT)).split(",")
 ]  # fmt: skip
 # Cohorts alive at once (from `labkit up` to `fleet down`).
 SLOTS = 2
