@@ -372,7 +372,7 @@ def test_every_checkov_skip_is_justified() -> None:
 def test_checkov_passes() -> None:
     if not CHECKOV.exists():
         pytest.skip(
-            f"{CHECKOV} is absent: create it with `make checkov-venv` (checkov conflicts with boto3's pin)"
+            f"{CHECKOV} is absent: create it with `make checkov` (or `make unit`) (checkov conflicts with boto3's pin)"
         )
     result = subprocess.run(
         [
