@@ -148,13 +148,11 @@ def cmd_load(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    from labkit.grade import format_gradebook, grade
+    from labkit.grade import MAX_PARALLEL, format_gradebook, grade
 
     r = _roster(args.cohort)
-    parallel = getattr(args, "parallel", None)
-    grades = grade(
-        r, students=args.student or None, out=_say, **({"max_parallel": parallel} if parallel else {})
-    )
+    parallel = getattr(args, "parallel", None) or MAX_PARALLEL  # `labkit demo` passes none
+    grades = grade(r, students=args.student or None, out=_say, max_parallel=parallel)
     print(format_gradebook(grades))
     _say(f"reports: {paths.reports_dir(r.cohort)}/index.html (also junit.xml, grades.json, gradebook.csv)")
     return 0

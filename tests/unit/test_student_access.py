@@ -271,14 +271,19 @@ def test_an_unknown_student_or_a_cohort_without_hosts_is_refused_with_the_fix(tm
     assert "Fix: use one of: s01, s02" in exc.value.problems[0]
 
 
+def _bastion() -> dict:
+    """The bastion record labkit's local fleet passes to the inventory writer, for the two-student cohort above."""
+    return {"name": "c1-bastion", "address": "10.250.7.2", "ssh_user": "admin", "ssh_private_key_file": "/k",
+            "gateway": "10.250.7.1", "access": {"address": "192.0.2.2", "port": 2202},
+            "host_key": "ssh-ed25519 BASTIONKEY",
+            "students": {"s01": ["10.250.7.10:22"], "s02": ["10.250.7.12:22"]}}  # fmt: skip
+
+
 def test_the_inventory_keeps_the_bastion_out_of_the_labs(tmp_path, pubkey):
     r = load_roster(write_roster(tmp_path, pubkey))
     _cohort_files(tmp_path)
     hosts = json.loads((tmp_path / "lab_hosts.json").read_text())
-    bastion = {"name": "c1-bastion", "address": "10.250.7.2", "ssh_user": "admin", "ssh_private_key_file": "/k",
-               "gateway": "10.250.7.1", "access": {"address": "192.0.2.2", "port": 2202},
-               "students": {"s01": ["10.250.7.10:22"], "s02": ["10.250.7.12:22"]}}  # fmt: skip
-    inv = inventory.build_inventory(r, hosts, "", bastion=bastion)["all"]
+    inv = inventory.build_inventory(r, hosts, "", bastion=_bastion())["all"]
     assert "c1-bastion" not in inv["hosts"]  # lab tools that read all.hosts never see it
     b = inv["children"]["bastion"]["hosts"]["c1-bastion"]
     assert b["bastion_admin_from"] == "10.250.7.1" and b["bastion_access"] == "192.0.2.2:2202"
@@ -295,10 +300,7 @@ def test_a_late_students_provisioning_reaches_their_lab_and_the_bastion_only(tmp
     r = load_roster(write_roster(tmp_path, pubkey))
     _cohort_files(tmp_path)
     hosts = json.loads((tmp_path / "lab_hosts.json").read_text())
-    bastion = {"name": "c1-bastion", "address": "10.250.7.2", "ssh_user": "admin", "ssh_private_key_file": "/k",
-               "gateway": "10.250.7.1", "access": {"address": "192.0.2.2", "port": 2202},
-               "host_key": "ssh-ed25519 BASTIONKEY", "students": {"s01": [], "s02": []}}  # fmt: skip
-    files = inventory.write_cohort_files(r, hosts, {}, "", bastion=bastion)
+    files = inventory.write_cohort_files(r, hosts, {}, "", bastion=_bastion())
     limit = labs_limit(files["hosts"], ["s02"])
     # What Ansible itself selects with that --limit.
     inv = InventoryManager(DataLoader(), sources=[str(files["hosts"])])
