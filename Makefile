@@ -95,7 +95,11 @@ molecule: setup
 integration: setup
 	$(PYTEST) tests/integration -q -s --durations=25
 
-test: setup lint unit molecule integration
+# Lint, unit tests and Molecule at once (alone, each leaves a core idle much of the time; each one's output is shown
+# when it ends), then the integration test (its own cohorts at once: tests/integration/conftest.py).
+test: setup
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint unit molecule
+	@$(MAKE) --no-print-directory integration
 	@echo "make test: lint, unit, molecule and integration passed"
 
 # make bench STUDENTS=N: one student, then N students, in one run (reports/bench/bench.json).
