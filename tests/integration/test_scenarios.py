@@ -42,6 +42,8 @@ LABKIT = [sys.executable, "-m", "labkit.cli"]
 # 70 minutes on 2 cores (the five cohorts 43 of them; its 20 hosts' first `labkit up` took 554 s beside another
 # cohort's grading), over the 60 the CI budget allows. Its grades held in that run (solved and by hand 100 %, untouched
 # 0 %, each mutant exactly its check, twice; the failover-ledger flake is explained and fixed: see issue 11's note).
+# Running these cohorts beside test_local_fleet does not make room: the 2 cores were 97-100 % busy throughout, the
+# integration test still took 56.5 minutes (62.7 in all), and the contention failed two timing-bound checks.
 NOT_BY_DEFAULT = {"rabbitmq-cluster-failover"}
 # All of them but those (LABKIT_TEST_SCENARIOS=a,b narrows or widens a developer's run).
 SCENARIOS = [
