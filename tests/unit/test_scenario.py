@@ -140,3 +140,30 @@ def test_rabbitmqctl_addresses():
     assert _address([10, 250, 1, 11]) == "10.250.1.11"
     assert _address([0, 0, 0, 0, 0, 65535, 2810, 267]) == "10.250.1.11"  # IPv4-mapped IPv6 in 16-bit words
     assert _address("10.1.2.3") == "10.1.2.3"
+
+
+def test_cluster_failover_reads_rabbit1_down_from_the_grader_s_own_connection():
+    """failover-ledger's "rabbit1 is down" is the kernel's answer to the grader, not what the student's nodes say: a
+    port something still listens on (a forwarder left running outside systemd) is not down; a closed one is."""
+    import importlib.util
+    import socket
+
+    path = paths.scenario_dir("rabbitmq-cluster-failover") / "checks" / "test_rabbitmq_cluster_failover.py"
+    spec = importlib.util.spec_from_file_location("rcf_checks", path)
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+
+    class Lab:
+        def __init__(self, address: str) -> None:
+            self._address = address
+
+        def address(self, role: str) -> str:
+            assert role == "rabbit1"
+            return self._address
+
+    with socket.create_server(("127.0.0.2", 5672)) as still_serving:
+        assert still_serving.getsockname()[1] == 5672
+        refused, what = checks.amqp_refused(Lab("127.0.0.2"))
+        assert not refused and what == "127.0.0.2:5672 accepted the grader's connection"
+    refused, what = checks.amqp_refused(Lab("127.0.0.2"))
+    assert refused and what == "127.0.0.2:5672 refused the grader's connection"
