@@ -374,7 +374,22 @@ def test_solved_untouched_and_every_mutant_grade_as_declared(cohorts, scenario):
     for name, figures in load["by_name"].items():
         assert figures["requests"] > 0 and figures["failures"] <= figures["requests"] * 0.05, (name, figures)
 
-    # Fresh and deterministic: grading again, with the reports folder gone, gives the same verdicts.
-    assert {s: {c["id"]: c["passed"] for c in v["checks"]} for s, v in second.items()} == {
-        s: {c["id"]: c["passed"] for c in v["checks"]} for s, v in first.items()
+    # Fresh and deterministic: grading again, with the reports folder gone, gives the same verdicts (and when it does
+    # not, the failure says which check of whom flipped, and why, in both grades).
+    changed = verdict_changes(first, second)
+    assert not changed, f"a second grade (reports deleted) changed verdicts: {changed}"
+
+
+def verdict_changes(first: dict, second: dict) -> dict[str, dict]:
+    """(student check) -> the two grades' verdicts and details, for every check whose verdict differs."""
+
+    def by_check(grades: dict) -> dict[str, tuple]:
+        return {f"{sid} {c['id']}": (c["passed"], (c.get("detail") or "")[:400])
+                for sid, v in grades.items() for c in v["checks"]}  # fmt: skip
+
+    a, b = by_check(first), by_check(second)
+    return {
+        key: {"first": a.get(key), "second": b.get(key)}
+        for key in sorted(set(a) | set(b))
+        if (a.get(key) or (None,))[0] != (b.get(key) or (None,))[0]
     }
