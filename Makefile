@@ -96,7 +96,7 @@ integration: setup
 	$(PYTEST) tests/integration -q -s --durations=25
 
 # Lint, unit tests and Molecule at once (alone, each leaves a core idle much of the time; each one's output is shown
-# when it ends), then the integration test (its own cohorts at once: tests/integration/conftest.py).
+# when it ends), then the integration test.
 test: setup
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint unit molecule
 	@$(MAKE) --no-print-directory integration

@@ -391,5 +391,5 @@ def verdict_changes(first: dict, second: dict) -> dict[str, dict]:
     return {
         key: {"first": a.get(key), "second": b.get(key)}
         for key in sorted(set(a) | set(b))
-        if (a.get(key) or (None,))[0] != (b.get(key) or (None,))[0]
+        if a.get(key, (None,))[0] != b.get(key, (None,))[0]
     }

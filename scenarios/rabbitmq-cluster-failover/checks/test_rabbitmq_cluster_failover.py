@@ -219,11 +219,13 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for, lab):
         res = run(node1, "systemctl stop rabbitmq-server", timeout=120)
         assert res.rc == 0, f"could not stop rabbitmq-server on rabbit1: {(res.stderr or res.stdout)[-300:]}"
         # Down for sure, as seen from outside the lab (a stopped server's port refuses at once).
-        refused = wait_until(lambda: amqp_refused(lab)[0], 10, 0.5)
+        probes: list[tuple[bool, str]] = []
+        wait_until(lambda: probes.append(amqp_refused(lab)) or probes[-1][0], 10, 0.5)
+        refused, after_stop = probes[-1]
         timeline.mark(
             "fault",
             f"systemctl stop rabbitmq-server on rabbit1 ({before} orders done when it began, the publisher "
-            f"{'still publishing' if producer.is_alive() else 'done'} when it ended); {amqp_refused(lab)[1]}",
+            f"{'still publishing' if producer.is_alive() else 'done'} when it ended); {after_stop}",
         )
         # rabbit1 is down for sure: these orders can only get through another node.
         try:
@@ -247,7 +249,7 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for, lab):
         for task_id, outcome in grader.wait(ids, settle, interval=0.5).items():
             by_state.setdefault(outcome.state, []).append(task_id)
         # Still down, as the grader and the cluster see it: whatever succeeded, succeeded without rabbit1.
-        still_refused, probe = amqp_refused(lab)
+        still_refused, at_count = amqp_refused(lab)
         still_down = still_refused and _node("rabbit1") not in running_nodes(node2)
     finally:
         start_node(node1)  # whatever happened above, even a stop that timed out but went on
@@ -256,7 +258,7 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for, lab):
         "ledger", f"{done} of {LEDGER} orders succeeded with rabbit1 down ({before} before the fault)"
     )
     assert refused, (
-        f"rabbit1 still served AMQP after `systemctl stop rabbitmq-server` ({probe}): the orders did not meet a "
+        f"rabbit1 still served AMQP after `systemctl stop rabbitmq-server` ({after_stop}): the orders did not meet a "
         "node loss, so they prove nothing about failover. Let systemd stop RabbitMQ on rabbit1 for real."
     )
     assert "error" not in published, f"publishing through the lab's app failed: {published['error']}"
@@ -266,7 +268,7 @@ def test_orders_survive_the_loss_of_rabbit1(grader, host_for, lab):
         f"(first error: {next(iter(failed.values()))})"
     )
     assert still_down, (
-        f"rabbit1 was back before the orders were counted ({probe}): the count would not prove failover"
+        f"rabbit1 was back before the orders were counted ({at_count}): the count would not prove failover"
     )
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(by_state.items()))
     assert done == LEDGER, (
