@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grading import timeline
-from grading.remote import LabCommandError, json_from_output, run, system_python
+from grading.remote import LabCommandError, json_from_output, run, supervisor_states, system_python
 
 
 class GraderLockedOut(Exception):
@@ -293,10 +293,34 @@ def kill_pool_child(host, program: str, busy_within: float = 0.0) -> int:
     return pid
 
 
+# supervisord's states of a program that still runs, or is about to.
+STILL_UP = frozenset({"RUNNING", "STARTING", "BACKOFF", "STOPPING"})
+
+
 def stop_programs(host, programs: list[str]) -> None:
-    if programs:
-        run(host, "supervisorctl stop " + " ".join(shlex.quote(p) for p in programs), timeout=90)
-        timeline.mark("fault", f"stopped {', '.join(programs)}")
+    """Stop supervised ``programs`` (a fault the grader injects) and make sure supervisord has them stopped: a check
+    that measures a stopped pool must not measure a running one. A program still up is stopped once more; if it still
+    is, the programs are started again (the lab as it was) and LabCommandError names it with supervisorctl's answer.
+    A program supervisord does not know is not running under it: nothing to stop."""
+    if not programs:
+        return
+    names = " ".join(shlex.quote(p) for p in programs)
+    up: list[str] = []
+    for _attempt in range(2):
+        answer = run(host, f"supervisorctl stop {names}", timeout=90)
+        try:
+            states = supervisor_states(host, *programs)
+        except LabCommandError:
+            states = {}  # supervisord knows none of them (or is not running): nothing runs under it
+        up = sorted(p for p, state in states.items() if state in STILL_UP)
+        if not up:
+            timeline.mark("fault", f"stopped {', '.join(programs)}")
+            return
+    run(host, f"supervisorctl start {names}", timeout=90)
+    raise LabCommandError(
+        f"the grader could not stop {', '.join(f'{p} ({states[p]})' for p in up)} with supervisorctl (twice); "
+        f"supervisorctl said: {(answer.stdout or answer.stderr or '').strip()[-300:]!r}"
+    )
 
 
 def start_programs(host, programs: list[str], wait_for_consumers: tuple[Any, str] | None = None) -> None:
