@@ -14,6 +14,7 @@ Every remote command is bounded by coreutils ``timeout``; a command that cannot 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grading import timeline
-from grading.remote import LabCommandError, json_from_output, run, supervisor_states, system_python
+from grading.remote import LabCommandError, json_from_output, run, system_python
 
 
 class GraderLockedOut(Exception):
@@ -299,28 +300,66 @@ STILL_UP = frozenset({"RUNNING", "STARTING", "BACKOFF", "STOPPING"})
 
 def stop_programs(host, programs: list[str]) -> None:
     """Stop supervised ``programs`` (a fault the grader injects) and make sure supervisord has them stopped: a check
-    that measures a stopped pool must not measure a running one. A program still up is stopped once more; if it still
-    is, the programs are started again (the lab as it was) and LabCommandError names it with supervisorctl's answer.
-    A program supervisord does not know is not running under it: nothing to stop."""
+    that measures a stopped pool must never measure a running one.
+
+    A program still up is stopped once more. When they cannot be stopped (or supervisord does not answer, or does
+    not know one of them), the programs are started again, so the lab is as it was, and LabCommandError says why:
+    the check fails naming the program, its state and supervisorctl's answer."""
     if not programs:
         return
     names = " ".join(shlex.quote(p) for p in programs)
-    up: list[str] = []
-    for _attempt in range(2):
-        answer = run(host, f"supervisorctl stop {names}", timeout=90)
-        try:
-            states = supervisor_states(host, *programs)
-        except LabCommandError:
-            states = {}  # supervisord knows none of them (or is not running): nothing runs under it
-        up = sorted(p for p, state in states.items() if state in STILL_UP)
-        if not up:
-            timeline.mark("fault", f"stopped {', '.join(programs)}")
-            return
-    run(host, f"supervisorctl start {names}", timeout=90)
-    raise LabCommandError(
-        f"the grader could not stop {', '.join(f'{p} ({states[p]})' for p in up)} with supervisorctl (twice); "
-        f"supervisorctl said: {(answer.stdout or answer.stderr or '').strip()[-300:]!r}"
-    )
+    try:
+        problem = _stop(host, programs, names)
+    except BaseException:
+        _start_quietly(host, names)
+        raise
+    if problem:
+        _start_quietly(host, names)
+        raise LabCommandError(problem)
+    timeline.mark("fault", f"stopped {', '.join(programs)}")
+
+
+def _stop(host, programs: list[str], names: str) -> str:
+    """Stop ``programs``, twice at most: "" once supervisord has every one stopped, else what went wrong."""
+    said, states = "", None
+    for timeout in (60, 30):
+        res = run(host, f"supervisorctl stop {names}", timeout=timeout)
+        said = (res.stdout or res.stderr or "").strip()[-300:] or f"no answer (exit {res.rc})"
+        deadline = time.monotonic() + 15
+        states = _supervised_states(host, programs)
+        while states and "STOPPING" in states.values() and time.monotonic() < deadline:
+            time.sleep(1)  # supervisord is still waiting for a process to exit
+            states = _supervised_states(host, programs)
+        if states is None:
+            continue
+        missing = sorted(p for p, state in states.items() if state == "MISSING")
+        if missing:
+            return f"supervisord has no program {', '.join(missing)}: the grader could not stop it"
+        if not any(state in STILL_UP for state in states.values()):
+            return ""
+    if states is None:
+        return f"supervisorctl status gave no answer after supervisorctl stop {names} (which said {said!r})"
+    up = ", ".join(f"{p} ({state})" for p, state in sorted(states.items()) if state in STILL_UP)
+    return f"the grader could not stop {up} with supervisorctl stop (twice); supervisorctl said {said!r}"
+
+
+def _supervised_states(host, programs: list[str]) -> dict[str, str] | None:
+    """supervisord's state of each program (MISSING: it has no such program), or None without an answer for each."""
+    res = run(host, "supervisorctl status " + " ".join(shlex.quote(p) for p in programs), timeout=15)
+    states: dict[str, str] = {}
+    for line in (res.stdout or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in programs:
+            states[parts[0]] = parts[1]
+        elif parts and parts[0].rstrip(":") in programs and "no such process" in line:
+            states[parts[0].rstrip(":")] = "MISSING"
+    return states if set(states) == set(programs) else None
+
+
+def _start_quietly(host, names: str) -> None:
+    """Best effort: start ``names`` again after a stop that went wrong (what went wrong is what the check says)."""
+    with contextlib.suppress(Exception):  # the original failure is the one to report
+        run(host, f"supervisorctl start {names}", timeout=60)
 
 
 def start_programs(host, programs: list[str], wait_for_consumers: tuple[Any, str] | None = None) -> None:
