@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grading import timeline
-from grading.remote import LabCommandError, json_from_output, run, system_python
+from grading.remote import LabCommandError, json_from_output, run, supervisor_states, system_python
 
 
 class GraderLockedOut(Exception):
@@ -345,15 +345,10 @@ def _stop(host, programs: list[str], names: str) -> str:
 
 def _supervised_states(host, programs: list[str]) -> dict[str, str] | None:
     """supervisord's state of each program (MISSING: it has no such program), or None without an answer for each."""
-    res = run(host, "supervisorctl status " + " ".join(shlex.quote(p) for p in programs), timeout=15)
-    states: dict[str, str] = {}
-    for line in (res.stdout or "").splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] in programs:
-            states[parts[0]] = parts[1]
-        elif parts and parts[0].rstrip(":") in programs and "no such process" in line:
-            states[parts[0].rstrip(":")] = "MISSING"
-    return states if set(states) == set(programs) else None
+    try:
+        return supervisor_states(host, *programs, timeout=15)
+    except LabCommandError:
+        return None
 
 
 def _start_quietly(host, names: str) -> None:

@@ -170,17 +170,22 @@ def controller_redis_ping(address: str, port: int, password: str | None, timeout
         client.close()
 
 
-def supervisor_states(host, *programs: str) -> dict[str, str]:
-    """``supervisorctl status`` state per program (MISSING when supervisord does not know it)."""
-    result = run(host, "supervisorctl status " + " ".join(shlex.quote(p) for p in programs), timeout=30)
-    states = dict.fromkeys(programs, "MISSING")
+def supervisor_states(host, *programs: str, timeout: int = 30) -> dict[str, str]:
+    """``supervisorctl status`` state per program (MISSING when supervisord has no such program). Raises
+    LabCommandError when it gives no answer for one of them (supervisord down, a timeout)."""
+    result = run(host, "supervisorctl status " + " ".join(shlex.quote(p) for p in programs), timeout=timeout)
+    states: dict[str, str] = {}
     for line in (result.stdout or "").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] in states:
+        if len(parts) >= 2 and parts[0] in programs:
             states[parts[0]] = parts[1]
-    if all(v == "MISSING" for v in states.values()) and result.rc not in (0, 3):
+        elif parts and parts[0].rstrip(":") in programs and "no such process" in line:
+            states[parts[0].rstrip(":")] = "MISSING"
+    unanswered = [p for p in programs if p not in states]
+    if unanswered:
         raise LabCommandError(
-            f"supervisorctl status failed (exit {result.rc}): {_tail(result.stderr or result.stdout)}"
+            f"supervisorctl status gave no answer for {', '.join(unanswered)} (exit {result.rc}): "
+            f"{_tail(result.stderr or result.stdout)}"
         )
     return states
 
